@@ -1,0 +1,1 @@
+"""The collapse-probe command line (installed as the ``collapse_probe_cli`` package)."""

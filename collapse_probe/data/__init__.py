@@ -1,0 +1,1 @@
+"""Data sources: image folders, the built-in demo data set, GPU decode path."""

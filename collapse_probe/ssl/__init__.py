@@ -1,0 +1,1 @@
+"""The reference SimCLR / DirectCLR trainer: losses, heads, augmentations, LARS, loop, evaluation."""
