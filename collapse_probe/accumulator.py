@@ -1,0 +1,318 @@
+"""CovarianceAccumulator: streaming float64 covariance in O(d^2) memory.
+
+State per accumulator: sample count n, mean (d,), centred second moment M2 (d, d), all in
+float64 on the accumulator's device. Every batch is merged by the parallel (Chan et al.) update,
+so the result does not depend on batch size, order or on how rows are split across processes.
+No method reads a device value back to the host until :meth:`compute` (no per-batch sync).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from collapse_probe import functional as cpf
+from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
+
+NO_BAD_BATCH = torch.iinfo(torch.int64).max
+
+_DTYPES = {str(dtype): dtype for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+
+
+def _dtype_from_name(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def _less_precise(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    return a if torch.finfo(a).eps >= torch.finfo(b).eps else b
+
+
+class _SymmetricRankUpdate:
+    """``M2 += X^T X`` and ``M2 += a * v v^T`` on the lower triangle.
+
+    On a CPU float64 matrix this calls BLAS ``dsyrk`` / ``dsyr`` in place through SciPy: half the
+    flops of the GEMM that ``addmm`` would do (torch exposes no syrk). Elsewhere (GPU, float32)
+    it uses ``addmm_`` on the full matrix, which cuBLAS runs near peak. ``full(m2)`` returns
+    the symmetric matrix either way.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.uses_blas = device.type == "cpu" and dtype == torch.float64
+        if self.uses_blas:
+            from scipy.linalg import blas
+
+            self._syrk = blas.dsyrk
+            self._syr = blas.dsyr
+
+    def add_gram_(self, m2: torch.Tensor, centred: torch.Tensor) -> None:
+        if self.uses_blas:
+            # m2 is C-contiguous; its transpose is the same memory in Fortran order, so BLAS
+            # writes the "upper" triangle of m2.T, which is the lower triangle of m2.
+            target = m2.numpy().T
+            result = self._syrk(1.0, centred.numpy().T, beta=1.0, c=target, trans=0, lower=0, overwrite_c=1)
+            if not np.shares_memory(result, target):
+                m2.copy_(torch.from_numpy(result.T))
+        else:
+            m2.addmm_(centred.T, centred)
+
+    def add_outer_(self, m2: torch.Tensor, vector: torch.Tensor, scale: torch.Tensor) -> None:
+        if self.uses_blas:
+            target = m2.numpy().T
+            result = self._syr(float(scale), vector.numpy(), lower=0, a=target, overwrite_a=1)
+            if not np.shares_memory(result, target):
+                m2.copy_(torch.from_numpy(result.T))
+        else:
+            m2.add_(torch.outer(vector, vector) * scale)
+
+    def full(self, m2: torch.Tensor) -> torch.Tensor:
+        if self.uses_blas:
+            lower = torch.tril(m2)
+            return lower + torch.tril(m2, diagonal=-1).T
+        return (m2 + m2.T) / 2
+
+
+class CovarianceAccumulator:
+    """Streaming covariance of (B, dim) batches, merged by the parallel (Chan) update in float64.
+
+    Args:
+        dim: embedding dimension d.
+        device: where the statistics live (default CPU); put it on the model's device so the
+            per-batch GEMM runs there.
+        dtype: accumulation dtype; float64 unless you know why not.
+        center: subtract the mean (the paper's convention). ``False`` gives the raw second moment.
+        ddof: divisor ``n - ddof``; default 1 when centred (the paper's public script), else 0.
+        normalize: L2-normalise every row before accumulating (the public script does this).
+        layer: a name carried into the result.
+        skip_nonfinite: drop rows holding NaN/Inf (counted in ``Spectrum.n_skipped_nonfinite``)
+            instead of failing in :meth:`compute`.
+
+    >>> acc = CovarianceAccumulator(2)
+    >>> acc.update(torch.tensor([[1.0, 0.0], [3.0, 2.0]]))
+    >>> acc.update(torch.tensor([[2.0, 1.0]]))
+    >>> spectrum = acc.compute()
+    >>> spectrum.n_samples, [round(v, 6) for v in spectrum.eigenvalues.tolist()]
+    (3, [2.0, 0.0])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float64,
+        center: bool = True,
+        ddof: int | None = None,
+        normalize: bool = False,
+        layer: str | None = None,
+        skip_nonfinite: bool = False,
+    ):
+        if int(dim) < 1:
+            raise CollapseProbeError(f"dim must be a positive integer, got {dim}")
+        self.dim = int(dim)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.center = center
+        self.ddof = (1 if center else 0) if ddof is None else int(ddof)
+        self.normalize = normalize
+        self.layer = layer
+        self.skip_nonfinite = skip_nonfinite
+        self._rank_update = _SymmetricRankUpdate(self.device, dtype)
+        self.reset()
+
+    # ----------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget every sample."""
+        zeros = dict(dtype=self.dtype, device=self.device)
+        self.count = torch.zeros((), **zeros)
+        self.mean = torch.zeros(self.dim, **zeros)
+        self.m2 = torch.zeros(self.dim, self.dim, **zeros)
+        self.nonfinite_rows = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.first_bad_batch = torch.full((), NO_BAD_BATCH, dtype=torch.int64, device=self.device)
+        self.batches_seen = 0
+        self.input_dtype: torch.dtype | None = None
+        self._synced = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: tensors on CPU plus the conventions (torch.save-able)."""
+        return {
+            "dim": self.dim,
+            "center": self.center,
+            "ddof": self.ddof,
+            "normalize": self.normalize,
+            "layer": self.layer,
+            "count": self.count.cpu(),
+            "mean": self.mean.cpu(),
+            "m2": self._rank_update.full(self.m2).cpu(),
+            "nonfinite_rows": self.nonfinite_rows.cpu(),
+            "first_bad_batch": self.first_bad_batch.cpu(),
+            "batches_seen": self.batches_seen,
+            "input_dtype": None if self.input_dtype is None else str(self.input_dtype),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the dimension and conventions must match."""
+        for key in ("dim", "center", "ddof", "normalize"):
+            if state[key] != getattr(self, key):
+                raise CollapseProbeError(f"state_dict has {key}={state[key]!r}, this accumulator {key}={getattr(self, key)!r}")
+        to = dict(dtype=self.dtype, device=self.device)
+        self.count = state["count"].to(**to).clone()
+        self.mean = state["mean"].to(**to).clone()
+        self.m2 = state["m2"].to(**to).clone().contiguous()
+        self.nonfinite_rows = state["nonfinite_rows"].to(self.device).clone()
+        self.first_bad_batch = state["first_bad_batch"].to(self.device).clone()
+        self.batches_seen = int(state["batches_seen"])
+        self.input_dtype = None if state["input_dtype"] is None else _dtype_from_name(state["input_dtype"])
+
+    # ---------------------------------------------------------------- update
+    def update(self, z: torch.Tensor) -> None:
+        """Add a (B, dim) batch. Converts to the accumulation dtype on this device; never syncs."""
+        if not isinstance(z, torch.Tensor):
+            raise CollapseProbeError(f"update expects a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise CollapseProbeError(f"embeddings must be floating point, got {z.dtype} (layer {self.layer or '<output>'})")
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise CollapseProbeError(
+                f"expected a (batch, {self.dim}) tensor, got shape {tuple(z.shape)} (layer {self.layer or '<output>'})"
+            )
+        if self._synced:
+            raise CollapseProbeError("this accumulator was synced across processes; call reset() before updating it again")
+        batch_index = self.batches_seen
+        self.batches_seen += 1
+        self.input_dtype = z.dtype if self.input_dtype is None else _less_precise(self.input_dtype, z.dtype)
+        if z.shape[0] == 0:
+            return
+        values = z.detach().to(device=self.device, dtype=self.dtype)
+        finite_rows = torch.isfinite(values).all(dim=1)
+        bad_rows = (~finite_rows).sum()
+        self.nonfinite_rows += bad_rows
+        self.first_bad_batch = torch.where(
+            (bad_rows > 0) & (self.first_bad_batch == NO_BAD_BATCH),
+            torch.full_like(self.first_bad_batch, batch_index),
+            self.first_bad_batch,
+        )
+        if self.skip_nonfinite:
+            weights = finite_rows.to(self.dtype)
+            values = torch.where(finite_rows[:, None], values, torch.zeros((), dtype=self.dtype, device=self.device))
+            n_batch = weights.sum()
+        else:
+            weights = None
+            n_batch = torch.tensor(float(values.shape[0]), dtype=self.dtype, device=self.device)
+        if self.normalize:
+            values = F.normalize(values, dim=1)
+        self._merge_batch(values, n_batch, weights)
+
+    def _merge_batch(self, values: torch.Tensor, n_batch: torch.Tensor, weights: torch.Tensor | None) -> None:
+        batch_mean = values.sum(dim=0) / torch.clamp(n_batch, min=1.0)
+        centred = values.sub_(batch_mean)
+        if weights is not None:
+            centred.mul_(weights[:, None])
+        self._rank_update.add_gram_(self.m2, centred)
+        total = self.count + n_batch
+        delta = batch_mean - self.mean
+        self._rank_update.add_outer_(self.m2, delta, self.count * n_batch / torch.clamp(total, min=1.0))
+        self.mean += delta * (n_batch / torch.clamp(total, min=1.0))
+        self.count = total
+
+    def merge(self, other: CovarianceAccumulator) -> None:
+        """Fold ``other``'s samples into this accumulator (parallel update; ``other`` unchanged)."""
+        if not isinstance(other, CovarianceAccumulator):
+            raise CollapseProbeError(f"merge expects a CovarianceAccumulator, got {type(other).__name__}")
+        if other.dim != self.dim:
+            raise CollapseProbeError(f"cannot merge a dim={other.dim} accumulator into a dim={self.dim} one")
+        if (other.center, other.normalize) != (self.center, self.normalize):
+            raise CollapseProbeError("cannot merge accumulators with different center/normalize conventions")
+        to = dict(dtype=self.dtype, device=self.device)
+        self.count, self.mean, m2 = cpf.merge_moments(
+            self.count,
+            self.mean,
+            self._rank_update.full(self.m2),
+            other.count.to(**to),
+            other.mean.to(**to),
+            other._rank_update.full(other.m2).to(**to),
+        )
+        self.m2 = m2.contiguous()
+        self.nonfinite_rows = self.nonfinite_rows + other.nonfinite_rows.to(self.device)
+        other_bad = other.first_bad_batch.to(self.device)
+        other_bad = torch.where(other_bad == NO_BAD_BATCH, other_bad, other_bad + self.batches_seen)
+        self.first_bad_batch = torch.minimum(self.first_bad_batch, other_bad)
+        self.batches_seen += other.batches_seen
+        if other.input_dtype is not None:
+            self.input_dtype = other.input_dtype if self.input_dtype is None else _less_precise(self.input_dtype, other.input_dtype)
+
+    def sync(self, group: Any = None) -> None:
+        """All-reduce the statistics over ``torch.distributed`` so every rank holds the global ones.
+
+        Two all-reduces, O(d^2) memory: first ``(n_i, n_i * mean_i)`` for the global mean, then
+        ``M2_i + n_i (mean_i - mean)(mean_i - mean)^T``, whose sum is the exact pooled M2 (the
+        k-way form of the Chan update). A no-op when torch.distributed is not initialised.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or self._synced:
+            return
+        world = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        totals = torch.cat([self.count.reshape(1), self.mean * self.count])
+        dist.all_reduce(totals, group=group)
+        count = totals[0]
+        mean = totals[1:] / torch.clamp(count, min=1.0)
+        offset = self.mean - mean
+        m2 = self._rank_update.full(self.m2) + torch.outer(offset, offset) * self.count
+        dist.all_reduce(m2, group=group)
+        nonfinite = self.nonfinite_rows.clone()
+        dist.all_reduce(nonfinite, group=group)
+        first_bad_encoded = torch.where(
+            self.first_bad_batch == NO_BAD_BATCH, self.first_bad_batch, self.first_bad_batch * world + rank
+        )
+        dist.all_reduce(first_bad_encoded, op=dist.ReduceOp.MIN, group=group)
+        self.count, self.mean, self.m2 = count, mean, m2.contiguous()
+        self.nonfinite_rows = nonfinite
+        self.first_bad_batch = first_bad_encoded
+        self._bad_batch_world = world
+        self._synced = True
+
+    # --------------------------------------------------------------- compute
+    def _finalize_checks(self) -> tuple[int, int]:
+        """Read the on-device flags once; raise for non-finite input or too few samples."""
+        count, nonfinite, first_bad = (int(v) for v in torch.stack(
+            [self.count.to(torch.int64), self.nonfinite_rows, self.first_bad_batch]
+        ).cpu())
+        where = f"layer {self.layer!r}" if self.layer else "the model output"
+        if nonfinite and not self.skip_nonfinite:
+            if getattr(self, "_bad_batch_world", None):
+                batch, rank = divmod(first_bad, self._bad_batch_world)
+                place = f"batch {batch} on rank {rank}"
+            else:
+                place = f"batch {first_bad}"
+            raise NonFiniteEmbeddingError(
+                f"non-finite embeddings (NaN/Inf) in {where}, first in {place} ({nonfinite} rows); "
+                "pass skip_nonfinite=True to drop such rows"
+            )
+        if self.batches_seen == 0:
+            raise CollapseProbeError(f"no batches were accumulated for {where}: is the loader empty?")
+        if count < 2:
+            raise CollapseProbeError(f"need at least 2 finite samples for a covariance of {where}, got {count}")
+        if count <= self.dim:
+            warnings.warn(
+                f"{where}: n_samples={count} <= dim={self.dim}; the covariance rank is limited by the "
+                f"sample count (at most {count - self.ddof} non-zero eigenvalues)",
+                stacklevel=3,
+            )
+        return count, nonfinite
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C, G)``: the covariance (or second moment when ``center=False``) and ``Z^T Z``."""
+        m2 = self._rank_update.full(self.m2)
+        gram = cpf.uncentred_gram(self.count, self.mean, m2)
+        matrix = m2 if self.center else gram
+        return cpf.covariance_from_moments(self.count, matrix, self.ddof), gram
+
+    def compute(self):
+        """Solve the eigenproblem and return an immutable :class:`~collapse_probe.result.Spectrum`."""
+        from collapse_probe.solve import solve_spectra
+
+        return solve_spectra([self])[0]

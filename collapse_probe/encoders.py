@@ -1,0 +1,144 @@
+"""A tiny name -> constructor registry for encoders, and the "representation" layer of a model.
+
+Names resolve in this order:
+
+1. ``package.module:callable``: the user's own factory, imported and called with no arguments
+   (this runs the user's code, which is what they asked for by naming it);
+2. a torchvision model name (``resnet18``, ``resnet50``, ``vit_b_16``, ...), built with random
+   weights (``weights=None``): weights come from the checkpoint, never from a download;
+3. a timm model name, when timm is installed (``pretrained=False``).
+
+The *representation* of an image classifier is the input of its final linear classifier (the
+paper's 2048-d ResNet-50 backbone output). :func:`strip_classifier` replaces that final linear
+layer by :class:`torch.nn.Identity`, so the module keeps its name and its output *is* the
+representation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from torch import nn
+
+from collapse_probe.errors import CollapseProbeError
+
+#: Names (any dotted component) under which models keep their final classifier.
+CLASSIFIER_NAMES = frozenset({"fc", "head", "heads", "classifier", "last_linear", "linear"})
+
+
+def _timm():
+    try:
+        return importlib.import_module("timm")
+    except ImportError:
+        return None
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models())
+
+
+def available_encoders() -> list[str]:
+    """Names :func:`build_encoder` accepts besides ``module:callable`` (torchvision, then timm).
+
+    >>> "resnet18" in available_encoders()
+    True
+    """
+    names = _torchvision_names()
+    timm = _timm()
+    if timm is not None:
+        names += [n for n in timm.list_models() if n not in set(names)]
+    return names
+
+
+def _import_factory(spec: str) -> Callable[[], nn.Module]:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise CollapseProbeError(f"--arch {spec!r}: use the form package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CollapseProbeError(f"--arch {spec!r}: cannot import {module_name!r} ({error})") from error
+    factory = module
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise CollapseProbeError(f"--arch {spec!r}: {module_name!r} has no attribute {attribute!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise CollapseProbeError(f"--arch {spec!r}: {attribute!r} is not callable")
+    return factory
+
+
+def build_encoder(name: str) -> nn.Module:
+    """Build the architecture ``name`` with random weights (see the module docstring for names).
+
+    >>> model = build_encoder("resnet18")
+    >>> type(model).__name__, model.fc.in_features
+    ('ResNet', 512)
+    >>> type(build_encoder("torch.nn:Identity")).__name__
+    'Identity'
+    """
+    if ":" in name:
+        model = _import_factory(name)()
+        if not isinstance(model, nn.Module):
+            raise CollapseProbeError(f"--arch {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    if name in _torchvision_names():
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+    timm = _timm()
+    if timm is not None and timm.is_model(name):
+        return timm.create_model(name, pretrained=False)
+    import difflib
+
+    close = difflib.get_close_matches(name, available_encoders(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    extra = "" if timm is not None else " (install timm for timm names)"
+    raise CollapseProbeError(
+        f"unknown architecture {name!r}{hint} Use a torchvision name{extra} or package.module:callable"
+    )
+
+
+def find_classifier(model: nn.Module) -> str | None:
+    """The name of ``model``'s final linear classifier, or None when it has none.
+
+    The classifier is the last module that holds parameters, when it is an ``nn.Linear`` whose
+    dotted name has a component in :data:`CLASSIFIER_NAMES` (``fc``, ``head``, ``heads.head``,
+    ``classifier.1``, ...).
+
+    >>> import torchvision
+    >>> find_classifier(torchvision.models.resnet18()), find_classifier(torchvision.models.vit_b_16())
+    ('fc', 'heads.head')
+    >>> find_classifier(nn.Sequential(nn.Linear(4, 4), nn.ReLU())) is None
+    True
+    """
+    last_name, last_module = None, None
+    for name, module in model.named_modules():
+        if name and any(True for _ in module.parameters(recurse=False)):
+            last_name, last_module = name, module
+    if last_name is None or not isinstance(last_module, nn.Linear):
+        return None
+    return last_name if CLASSIFIER_NAMES.intersection(last_name.split(".")) else None
+
+
+def strip_classifier(model: nn.Module) -> str | None:
+    """Replace the final classifier (:func:`find_classifier`) by ``nn.Identity`` in place.
+
+    Returns its name, whose output is now the representation (the classifier's input), or None
+    when the model has no classifier (then nothing changes).
+
+    >>> import torch, torchvision
+    >>> model = torchvision.models.resnet18().eval()
+    >>> strip_classifier(model), model(torch.zeros(1, 3, 32, 32)).shape
+    ('fc', torch.Size([1, 512]))
+    """
+    name = find_classifier(model)
+    if name is None:
+        return None
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Identity())
+    return name

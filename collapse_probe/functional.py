@@ -1,0 +1,260 @@
+"""Pure maths on tensors: moments, eigen-solves and every collapse metric.
+
+Nothing here holds state; :class:`~collapse_probe.accumulator.CovarianceAccumulator` and
+:class:`~collapse_probe.result.Spectrum` call these same functions, so the batch and the
+streaming paths share every formula (the torchmetrics pattern).
+
+Conventions used throughout:
+
+* ``eigenvalues`` are the eigenvalues of the d x d covariance ``C = M2 / (n - ddof)``, sorted in
+  descending order -- the paper's "singular values of the covariance" (C is symmetric PSD).
+* ``singular values`` of an (N, d) embedding matrix are ``sqrt(eig(Z^T Z))``; for the centred
+  matrix they are ``sqrt((n - ddof) * eigenvalues)``, a constant multiple of ``sqrt(eigenvalues)``,
+  so every scale-free metric may use ``sqrt(eigenvalues)`` directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+RANKME_EPS = 1e-7
+"""Garrido et al. (2023) add this to every normalised singular value before the entropy."""
+
+
+def batch_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Count, mean and centred second moment of one batch (two-pass, in ``z``'s dtype).
+
+    Args:
+        z: (B, d) floating tensor.
+
+    Returns:
+        ``(n, mean, m2)``: n a 0-d tensor, mean (d,), ``m2 = (z - mean)^T (z - mean)`` (d, d).
+
+    >>> n, mean, m2 = batch_moments(torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64))
+    >>> int(n), mean.tolist(), m2.tolist()
+    (2, [2.0, 1.0], [[2.0, 2.0], [2.0, 2.0]])
+    """
+    n = torch.tensor(float(z.shape[0]), dtype=z.dtype, device=z.device)
+    mean = z.mean(dim=0)
+    centred = z - mean
+    return n, mean, centred.T @ centred
+
+
+def merge_moments(
+    n_a: torch.Tensor,
+    mean_a: torch.Tensor,
+    m2_a: torch.Tensor,
+    n_b: torch.Tensor,
+    mean_b: torch.Tensor,
+    m2_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Parallel (Chan, Golub & LeVeque 1979) merge of two sets of moments.
+
+    ``n = n_a + n_b``; ``delta = mean_b - mean_a``; ``mean = mean_a + delta * n_b / n``;
+    ``M2 = M2_a + M2_b + delta delta^T * n_a n_b / n``. Exact in real arithmetic and, unlike
+    ``E[zz^T] - mu mu^T``, free of cancellation when the mean is large against the spread.
+    Empty sides (n = 0) are handled without a host sync.
+
+    >>> one = torch.tensor(1.0, dtype=torch.float64)
+    >>> n, mean, m2 = merge_moments(one, torch.tensor([1.0]).double(), torch.zeros(1, 1).double(),
+    ...                             one, torch.tensor([3.0]).double(), torch.zeros(1, 1).double())
+    >>> int(n), mean.tolist(), m2.tolist()
+    (2, [2.0], [[2.0]])
+    """
+    n = n_a + n_b
+    safe_n = torch.clamp(n, min=1.0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / safe_n)
+    m2 = m2_a + m2_b + torch.outer(delta, delta) * (n_a * n_b / safe_n)
+    return n, mean, m2
+
+
+def covariance_from_moments(n: torch.Tensor | float, m2: torch.Tensor, ddof: int = 1) -> torch.Tensor:
+    """``C = M2 / (n - ddof)`` (d, d)."""
+    return m2 / (n - ddof)
+
+
+def uncentred_gram(n: torch.Tensor | float, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """``Z^T Z = M2 + n * mean mean^T`` (d, d): the uncentred Gram matrix, recovered exactly.
+
+    A sum of two PSD terms, so no cancellation; its eigenvalues are the squared singular values
+    of the uncentred (N, d) embedding matrix that RankMe uses.
+    """
+    return m2 + torch.outer(mean, mean) * n
+
+
+def symmetric_eigenvalues(matrices: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of symmetric PSD matrices, descending, round-off negatives clamped to 0.
+
+    Args:
+        matrices: (..., d, d) symmetric; a stack is solved in one ``torch.linalg.eigvalsh`` call.
+
+    Returns:
+        (..., d) in the input dtype.
+
+    >>> symmetric_eigenvalues(torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))).tolist()
+    [3.0, 2.0, 1.0]
+    """
+    values = torch.linalg.eigvalsh(matrices)
+    return torch.flip(values, dims=(-1,)).clamp_min(0.0)
+
+
+def _entropy_rank(p: torch.Tensor) -> float:
+    """``exp(-sum p_k log p_k)`` with ``0 log 0 = 0``."""
+    entropy = -torch.special.xlogy(p, p).sum()
+    return float(torch.exp(entropy))
+
+
+def effective_rank(singular_values: torch.Tensor) -> float:
+    """Effective rank (Roy & Vetterli 2007): ``exp(H(p))``, ``p_k = s_k / sum_j s_j``.
+
+    Apply it to *singular values*. For a covariance, pass ``sqrt(eigenvalues)``
+    (proportional to the singular values of the centred embedding matrix).
+    k equal non-zero values give exactly k; a collapsed (all-zero) input gives 0.
+
+    >>> effective_rank(torch.tensor([2.0, 2.0, 2.0, 0.0]))
+    3.0...
+    """
+    total = singular_values.sum()
+    if float(total) <= 0.0:
+        return 0.0
+    return _entropy_rank(singular_values / total)
+
+
+def rankme(singular_values: torch.Tensor, eps: float = RANKME_EPS) -> float:
+    """RankMe (Garrido et al., ICML 2023): ``exp(-sum p_k log p_k)``, ``p_k = s_k / ||s||_1 + eps``.
+
+    ``s`` are the singular values of the *uncentred* (N, d) embedding matrix. The eps makes a
+    rank-one input score slightly above 1 and keeps the log finite.
+
+    >>> round(rankme(torch.tensor([1.0, 1.0, 0.0, 0.0])), 4)
+    2.0
+    """
+    total = singular_values.sum()
+    if float(total) <= 0.0:
+        return 0.0
+    p = singular_values / total + eps
+    return _entropy_rank(p)
+
+
+def stable_rank(eigenvalues: torch.Tensor) -> float:
+    """Stable rank ``sum(lambda) / max(lambda)`` of covariance eigenvalues (= ||Z||_F^2 / ||Z||_2^2).
+
+    >>> stable_rank(torch.tensor([4.0, 2.0, 2.0]))
+    2.0
+    """
+    top = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
+    return float(eigenvalues.sum()) / top if top > 0.0 else 0.0
+
+
+def participation_ratio(eigenvalues: torch.Tensor) -> float:
+    """Participation ratio ``(sum lambda)^2 / sum(lambda^2)`` (Gao et al. 2017 and neuroscience).
+
+    >>> participation_ratio(torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    3.0
+    """
+    squares = float((eigenvalues**2).sum())
+    return float(eigenvalues.sum()) ** 2 / squares if squares > 0.0 else 0.0
+
+
+def default_rtol(dim: int, input_dtype: torch.dtype) -> float:
+    """Default relative threshold for "numerically zero" covariance eigenvalues.
+
+    ``rtol = max(dim * eps_in^2, eps_float32)`` with ``eps_in`` the machine epsilon of the
+    *embeddings'* dtype (not of the float64 accumulator):
+
+    * rounding each coordinate to ``eps_in`` adds noise of variance about ``eps_in^2 * E[z_j^2]``
+      per coordinate, i.e. up to ``dim * eps_in^2 * lambda_max`` on an eigenvalue: nothing below
+      can be told apart from rounding (this floor dominates for bf16 / fp16 embeddings);
+    * networks computed in float32 leave "collapsed" directions near float32 epsilon of the
+      largest, never exactly at zero; a direction below ``1.19e-7 * lambda_max`` carries no
+      usable signal for any downstream linear use (this floor dominates for fp32 / fp64).
+
+    >>> default_rtol(128, torch.float32)
+    1.1920928955078125e-07
+    >>> round(default_rtol(128, torch.bfloat16), 6)
+    0.007812
+    """
+    eps_in = torch.finfo(input_dtype).eps if input_dtype.is_floating_point else torch.finfo(torch.float32).eps
+    return max(dim * eps_in**2, torch.finfo(torch.float32).eps)
+
+
+def numerical_rank(eigenvalues: torch.Tensor, rtol: float) -> int:
+    """Number of eigenvalues strictly above ``rtol * max(eigenvalues)``.
+
+    >>> numerical_rank(torch.tensor([1.0, 1e-3, 1e-12]), rtol=1e-7)
+    2
+    """
+    if eigenvalues.numel() == 0:
+        return 0
+    top = float(eigenvalues.max())
+    if top <= 0.0:
+        return 0
+    return int((eigenvalues > rtol * top).sum())
+
+
+class PowerLawFit(NamedTuple):
+    """Least-squares fit ``log lambda_i = intercept - alpha * log i`` over ranks ``start..stop``."""
+
+    alpha: float
+    intercept: float
+    r2: float
+    start: int
+    stop: int
+
+
+def power_law_fit(eigenvalues: torch.Tensor, fit_range: tuple[int, int]) -> PowerLawFit:
+    """alpha-ReQ (Agrawal et al., NeurIPS 2022): slope of ``lambda_i ~ i^-alpha``.
+
+    Args:
+        eigenvalues: descending covariance eigenvalues (d,).
+        fit_range: 1-based inclusive ranks ``(start, stop)``; must hold at least two positive
+            eigenvalues.
+
+    Returns:
+        :class:`PowerLawFit` with alpha (alpha ~ 1 correlates with good linear-probe accuracy;
+        large alpha means a fast-decaying, collapsing spectrum) and the fit's R^2.
+
+    >>> ranks = torch.arange(1, 101, dtype=torch.float64)
+    >>> fit = power_law_fit(ranks ** -1.5, (1, 100))
+    >>> round(fit.alpha, 6), round(fit.r2, 6)
+    (1.5, 1.0)
+    """
+    start, stop = fit_range
+    if not 1 <= start < stop <= eigenvalues.numel():
+        raise ValueError(f"fit_range {fit_range} must satisfy 1 <= start < stop <= {eigenvalues.numel()}")
+    values = eigenvalues[start - 1 : stop].to(torch.float64)
+    ranks = torch.arange(start, stop + 1, dtype=torch.float64)
+    positive = values > 0
+    if int(positive.sum()) < 2:
+        raise ValueError(f"fit_range {fit_range} holds fewer than two positive eigenvalues")
+    x = torch.log(ranks[positive])
+    y = torch.log(values[positive])
+    x_centred = x - x.mean()
+    y_centred = y - y.mean()
+    slope = float((x_centred * y_centred).sum() / (x_centred**2).sum())
+    intercept = float(y.mean() - slope * x.mean())
+    residual = y_centred - slope * x_centred
+    total = float((y_centred**2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
+    return PowerLawFit(alpha=-slope, intercept=intercept, r2=r2, start=start, stop=stop)
+
+
+def mean_std_of_normalized(variances: torch.Tensor) -> float:
+    """Mean over dimensions of the per-dimension std of L2-normalised embeddings.
+
+    ``mean_j sqrt(C_jj)`` with ``C`` the covariance of ``z / ||z||``; about ``1/sqrt(d)`` for a
+    healthy isotropic embedding and 0 under complete collapse (Chen & He 2021, SimSiam).
+
+    >>> round(mean_std_of_normalized(torch.full((4,), 0.25)), 3)
+    0.5
+    """
+    return float(torch.sqrt(variances.clamp_min(0.0)).mean())
+
+
+def log_eigenvalue_floor(dtype: torch.dtype = torch.float64) -> float:
+    """The smallest positive value plots use in place of exact zeros (log scale)."""
+    return math.ldexp(1.0, torch.finfo(dtype).minexp)

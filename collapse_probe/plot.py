@@ -1,0 +1,56 @@
+"""Matplotlib plots through the Figure API: no pyplot state, nothing configured at import."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collapse_probe.result import Spectrum
+
+
+def new_axes(width: float = 6.0, height: float = 4.0) -> Any:
+    """A fresh Axes on a pyplot-free Figure (safe in threads, servers and tests)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure.add_subplot()
+
+
+def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: bool = False) -> Any:
+    """The paper's plot: sorted covariance eigenvalues, log scale, against their index.
+
+    Several spectra share one Axes for comparison; each legend entry gives the effective rank and
+    the number of collapsed dimensions. Exact zeros cannot sit on a log axis: they are left out of
+    the line and counted in the legend.
+
+    Args:
+        spectra: name -> Spectrum.
+        ax: an Axes to draw on; a new pyplot-free Figure when None.
+        relative: divide each spectrum by its largest eigenvalue (compare shapes, not scales).
+
+    Returns:
+        The Axes (``ax.figure.savefig(path)`` to write it).
+    """
+    if ax is None:
+        ax = new_axes()
+    for name, spectrum in spectra.items():
+        values = spectrum.eigenvalues.numpy().copy()
+        if relative and values[0] > 0:
+            values = values / values[0]
+        index = np.arange(1, values.size + 1)
+        positive = values > 0
+        zeros = int((~positive).sum())
+        label = f"{name} (d={spectrum.dim}, erank {spectrum.effective_rank:.1f}, collapsed {spectrum.collapsed_dims()})"
+        if zeros:
+            label += f", {zeros} exact zeros"
+        ax.plot(index[positive], values[positive], label=label, linewidth=1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value rank index")
+    ax.set_ylabel("covariance eigenvalue" + (" / largest" if relative else "") + " (log scale)")
+    ax.set_title("Embedding covariance spectrum")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax

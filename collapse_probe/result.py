@@ -1,0 +1,328 @@
+"""Spectrum: the immutable result of a probe, its metrics, and its JSON / pandas forms."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from collapse_probe import functional as cpf
+from collapse_probe.errors import CollapseProbeError
+
+FORMAT = "collapse-probe/spectrum-v1"
+
+
+def _as_float64_tensor(values: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float64))
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """The covariance spectrum of one layer's embeddings, with the conventions that produced it.
+
+    Attributes:
+        eigenvalues: (d,) float64, descending, >= 0: eigenvalues of ``C = M2 / (n - ddof)`` (the
+            "singular values of the covariance" the paper plots). With ``center=False``, of the
+            raw second moment ``Z^T Z / (n - ddof)`` instead.
+        uncentered_singular_values: (d,) float64, descending: singular values of the uncentred
+            (N, d) embedding matrix, ``sqrt(eig(Z^T Z))`` (what RankMe uses).
+        mean: (d,) float64 mean embedding (after L2-normalisation when ``normalize``).
+        variances: (d,) float64 diagonal of the covariance (per-dimension variance).
+        n_samples: N, the number of rows accumulated (after dropping non-finite rows).
+        center / normalize / ddof: the conventions used.
+        dtype: accumulation dtype; ``input_dtype``: the least precise embedding dtype seen.
+        layer: the probed module's name (``None`` for the model output).
+        n_skipped_nonfinite: rows dropped for NaN/Inf (only with ``skip_nonfinite=True``).
+
+    >>> z = torch.randn(1000, 8, dtype=torch.float64) @ torch.diag(torch.tensor([1.0] * 4 + [0.0] * 4, dtype=torch.float64))
+    >>> s = Spectrum.from_embeddings(z)
+    >>> s.dim, s.n_samples, s.collapsed_dims()
+    (8, 1000, 4)
+    """
+
+    eigenvalues: torch.Tensor
+    uncentered_singular_values: torch.Tensor
+    mean: torch.Tensor
+    variances: torch.Tensor
+    n_samples: int
+    center: bool = True
+    normalize: bool = False
+    ddof: int = 1
+    dtype: str = "float64"
+    input_dtype: str = "float32"
+    layer: str | None = None
+    n_skipped_nonfinite: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ basics
+    @property
+    def dim(self) -> int:
+        """d, the embedding dimension."""
+        return int(self.eigenvalues.numel())
+
+    @property
+    def max_rank(self) -> int:
+        """``min(d, N - ddof)``: the most non-zero eigenvalues N samples allow."""
+        return max(0, min(self.dim, self.n_samples - self.ddof))
+
+    @property
+    def rank_limited_by_samples(self) -> bool:
+        """True when ``N - ddof < d``: collapse metrics then reflect the sample count too."""
+        return self.n_samples - self.ddof < self.dim
+
+    @property
+    def singular_values(self) -> torch.Tensor:
+        """(d,) singular values of the (centred, if ``center``) embedding matrix: ``sqrt((N - ddof) * lambda)``."""
+        return torch.sqrt(self.eigenvalues * (self.n_samples - self.ddof))
+
+    def _input_torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.input_dtype)
+
+    # ----------------------------------------------------------- metrics
+    @cached_property
+    def effective_rank(self) -> float:
+        """Effective rank (Roy & Vetterli 2007) of the singular values of the embedding matrix.
+
+        ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / sum_j s_j``, ``s_k = sqrt(lambda_k)`` (the
+        centred embedding matrix when ``center``). Between 1 and d; a healthy isotropic
+        embedding scores near d; k equal directions score k. Applying the same entropy to the
+        eigenvalues ``lambda_k`` instead (some peers do) gives a smaller number: see
+        docs/metrics.md.
+        """
+        return cpf.effective_rank(torch.sqrt(self.eigenvalues))
+
+    @cached_property
+    def rankme(self) -> float:
+        """RankMe (Garrido et al., ICML 2023), exactly as published.
+
+        ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / ||s||_1 + 1e-7``, ``s`` the singular values of
+        the *uncentred* (N, d) embedding matrix (``uncentered_singular_values``; recovered
+        exactly from the streamed moments as ``Z^T Z = M2 + N mu mu^T``). The authors use
+        25,600 samples; more samples change it little once N >> d.
+        """
+        return cpf.rankme(self.uncentered_singular_values)
+
+    @cached_property
+    def stable_rank(self) -> float:
+        """``sum(lambda) / max(lambda)`` of the covariance eigenvalues."""
+        return cpf.stable_rank(self.eigenvalues)
+
+    @cached_property
+    def participation_ratio(self) -> float:
+        """``(sum lambda)^2 / sum(lambda^2)`` of the covariance eigenvalues."""
+        return cpf.participation_ratio(self.eigenvalues)
+
+    def default_rtol(self) -> float:
+        """The default threshold of :meth:`numerical_rank`: see ``functional.default_rtol``."""
+        return cpf.default_rtol(self.dim, self._input_torch_dtype())
+
+    def numerical_rank(self, rtol: float | None = None) -> int:
+        """Eigenvalues above ``rtol * lambda_max``; default ``rtol = max(d * eps_in^2, 1.19e-7)``.
+
+        ``eps_in`` is the machine epsilon of the embeddings' dtype (``input_dtype``): the default
+        is the floor below which an eigenvalue cannot be told from rounding noise of the inputs
+        or of float32 arithmetic (``functional.default_rtol``).
+        """
+        return cpf.numerical_rank(self.eigenvalues, self.default_rtol() if rtol is None else rtol)
+
+    def collapsed_dims(self, rtol: float | None = None) -> int:
+        """``d - numerical_rank(rtol)``: dimensions whose variance is numerically zero.
+
+        Some of them may be due to ``N - ddof < d`` (see ``rank_limited_by_samples``).
+        """
+        return self.dim - self.numerical_rank(rtol)
+
+    def collapsed_fraction(self, rtol: float | None = None) -> float:
+        """``collapsed_dims / d``."""
+        return self.collapsed_dims(rtol) / self.dim
+
+    def alpha_req(self, fit_range: tuple[int, int] | None = None) -> cpf.PowerLawFit:
+        """alpha-ReQ (Agrawal et al. 2022): power-law slope of ``lambda_i ~ i^-alpha`` with its R^2.
+
+        ``fit_range`` is 1-based and inclusive; the default fits ranks 1 .. numerical_rank(), so the
+        numerically-zero tail does not dominate the fit. Returns NaNs when fewer than two
+        eigenvalues are non-zero.
+        """
+        if fit_range is None:
+            fit_range = (1, self.numerical_rank())
+        if fit_range[1] - fit_range[0] < 1 or fit_range[1] > self.dim:
+            if fit_range[1] > self.dim:
+                raise CollapseProbeError(f"fit_range {fit_range} exceeds the dimension {self.dim}")
+            return cpf.PowerLawFit(math.nan, math.nan, math.nan, *fit_range)
+        return cpf.power_law_fit(self.eigenvalues, fit_range)
+
+    @property
+    def std_of_l2_normalized(self) -> float | None:
+        """Mean per-dimension std of L2-normalised embeddings (~1/sqrt(d) healthy, 0 collapsed).
+
+        ``mean_j sqrt(C_jj)``; defined only for spectra computed with ``normalize=True`` and
+        ``center=True``, otherwise ``None``.
+        """
+        if not (self.normalize and self.center):
+            return None
+        return cpf.mean_std_of_normalized(self.variances)
+
+    def metrics(self) -> dict[str, Any]:
+        """Every scalar metric, with default settings, as a flat dict (the JSON/CSV row)."""
+        fit = self.alpha_req()
+        return {
+            "layer": self.layer,
+            "dim": self.dim,
+            "n_samples": self.n_samples,
+            "effective_rank": self.effective_rank,
+            "rankme": self.rankme,
+            "numerical_rank": self.numerical_rank(),
+            "collapsed_dims": self.collapsed_dims(),
+            "collapsed_fraction": self.collapsed_fraction(),
+            "stable_rank": self.stable_rank,
+            "participation_ratio": self.participation_ratio,
+            "alpha": fit.alpha,
+            "alpha_r2": fit.r2,
+            "std_of_l2_normalized": self.std_of_l2_normalized,
+            "rtol": self.default_rtol(),
+            "rank_limited_by_samples": self.rank_limited_by_samples,
+        }
+
+    def conventions(self) -> dict[str, Any]:
+        """How the numbers were computed: centring, normalisation, ddof, dtypes, what eigenvalues mean."""
+        return {
+            "center": self.center,
+            "normalize": self.normalize,
+            "ddof": self.ddof,
+            "dtype": self.dtype,
+            "input_dtype": self.input_dtype,
+            "eigenvalues_of": "covariance M2/(n-ddof)" if self.center else "second moment Z^T Z/(n-ddof)",
+            "n_skipped_nonfinite": self.n_skipped_nonfinite,
+        }
+
+    # ------------------------------------------------------ conversions
+    def to_frame(self) -> pd.DataFrame:
+        """One-row DataFrame of :meth:`metrics` plus the conventions."""
+        return pd.DataFrame([{**self.metrics(), **self.conventions()}])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: format tag, conventions, metrics and every eigenvalue (exact floats)."""
+        return {
+            "format": FORMAT,
+            "layer": self.layer,
+            "dim": self.dim,
+            "n_samples": self.n_samples,
+            "conventions": self.conventions(),
+            "metrics": _json_safe(self.metrics()),
+            "eigenvalues": self.eigenvalues.tolist(),
+            "uncentered_singular_values": self.uncentered_singular_values.tolist(),
+            "mean": self.mean.tolist(),
+            "variances": self.variances.tolist(),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Spectrum:
+        """Inverse of :meth:`to_dict`; a clear error for anything else."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise CollapseProbeError(f"not a collapse-probe spectrum (expected format {FORMAT!r})")
+        conventions = data["conventions"]
+        return cls(
+            eigenvalues=_as_float64_tensor(data["eigenvalues"]),
+            uncentered_singular_values=_as_float64_tensor(data["uncentered_singular_values"]),
+            mean=_as_float64_tensor(data["mean"]),
+            variances=_as_float64_tensor(data["variances"]),
+            n_samples=int(data["n_samples"]),
+            center=bool(conventions["center"]),
+            normalize=bool(conventions["normalize"]),
+            ddof=int(conventions["ddof"]),
+            dtype=conventions["dtype"],
+            input_dtype=conventions["input_dtype"],
+            layer=data.get("layer"),
+            n_skipped_nonfinite=int(conventions.get("n_skipped_nonfinite", 0)),
+            extra=dict(data.get("extra", {})),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON (written to a temporary file, then renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=1))
+        temporary.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Spectrum:
+        """Read a spectrum JSON written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise CollapseProbeError(f"spectrum file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CollapseProbeError(f"{path} is not valid JSON: {error}") from None
+        try:
+            return cls.from_dict(data)
+        except KeyError as error:
+            raise CollapseProbeError(f"{path}: spectrum JSON lacks the field {error}") from None
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        embeddings: torch.Tensor | np.ndarray,
+        *,
+        center: bool = True,
+        normalize: bool = False,
+        ddof: int | None = None,
+        layer: str | None = None,
+        skip_nonfinite: bool = False,
+        chunk_size: int = 8192,
+    ) -> Spectrum:
+        """The spectrum of an in-memory (N, d) array, streamed in chunks through the accumulator."""
+        from collapse_probe.accumulator import CovarianceAccumulator
+
+        z = torch.as_tensor(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
+        if not isinstance(z, torch.Tensor) or z.ndim != 2:
+            raise CollapseProbeError(f"embeddings must be an (N, d) array, got shape {tuple(getattr(z, 'shape', ()))}")
+        accumulator = CovarianceAccumulator(
+            z.shape[1], device=z.device, center=center, ddof=ddof, normalize=normalize, layer=layer,
+            skip_nonfinite=skip_nonfinite,
+        )
+        for start in range(0, z.shape[0], chunk_size):
+            accumulator.update(z[start : start + chunk_size])
+        return accumulator.compute()
+
+    def plot(self, ax: Any = None, label: str | None = None) -> Any:
+        """Sorted log eigenvalues against index, as in the paper; returns the matplotlib Axes."""
+        from collapse_probe.plot import plot_spectra
+
+        return plot_spectra({label or self.layer or "output": self}, ax=ax)
+
+    def __repr__(self) -> str:
+        return (
+            f"Spectrum(layer={self.layer!r}, dim={self.dim}, n_samples={self.n_samples}, "
+            f"effective_rank={self.effective_rank:.2f}, rankme={self.rankme:.2f}, "
+            f"collapsed_dims={self.collapsed_dims()})"
+        )
+
+
+def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def to_frame(spectra: Mapping[str, Spectrum] | Spectrum) -> pd.DataFrame:
+    """One row of metrics per layer (the WeightWatcher-style table), indexed by layer name.
+
+    >>> z = torch.randn(500, 4, dtype=torch.float64)
+    >>> frame = to_frame({"a": Spectrum.from_embeddings(z), "b": Spectrum.from_embeddings(z[:, :2])})
+    >>> list(frame.index), list(frame["dim"])
+    (['a', 'b'], [4, 2])
+    """
+    if isinstance(spectra, Spectrum):
+        spectra = {spectra.layer or "output": spectra}
+    rows = [{**spectrum.metrics(), **spectrum.conventions(), "layer": name} for name, spectrum in spectra.items()]
+    return pd.DataFrame(rows).set_index("layer")
