@@ -1,0 +1,106 @@
+"""Metrics on spectra with known answers, and RankMe against numpy's SVD."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from collapse_probe import Spectrum
+from collapse_probe import functional as cpf
+
+
+def spectrum_of(eigenvalues, n_samples=10_000, input_dtype="float32") -> Spectrum:
+    values = torch.tensor(sorted(eigenvalues, reverse=True), dtype=torch.float64)
+    return Spectrum(
+        eigenvalues=values, uncentered_singular_values=values.sqrt(), mean=torch.zeros(len(values)),
+        variances=values.clone(), n_samples=n_samples, input_dtype=input_dtype,
+    )
+
+
+@pytest.mark.parametrize("k", [1, 3, 17])
+def test_k_equal_eigenvalues_give_effective_rank_k(k):
+    s = spectrum_of([2.5] * k + [0.0] * (32 - k))
+    assert s.effective_rank == pytest.approx(k, rel=1e-12)
+    assert s.stable_rank == pytest.approx(k, rel=1e-12)
+    assert s.participation_ratio == pytest.approx(k, rel=1e-12)
+    assert s.numerical_rank() == k and s.collapsed_dims() == 32 - k
+
+
+def test_effective_rank_by_hand_on_two_values():
+    # singular values sqrt(4)=2 and sqrt(1)=1: p = (2/3, 1/3), H = -(2/3 ln 2/3 + 1/3 ln 1/3)
+    s = spectrum_of([4.0, 1.0])
+    entropy = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    assert s.effective_rank == pytest.approx(math.exp(entropy), rel=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_exact_power_law_gives_its_slope(alpha):
+    ranks = np.arange(1, 201, dtype=np.float64)
+    s = spectrum_of(list(3.0 * ranks**-alpha))
+    fit = s.alpha_req()
+    assert fit.alpha == pytest.approx(alpha, rel=1e-10) and fit.r2 == pytest.approx(1.0, abs=1e-12)
+    partial = s.alpha_req(fit_range=(10, 50))
+    assert (partial.start, partial.stop) == (10, 50) and partial.alpha == pytest.approx(alpha, rel=1e-10)
+
+
+def test_alpha_is_nan_when_fewer_than_two_directions():
+    assert math.isnan(spectrum_of([1.0, 0.0, 0.0]).alpha_req().alpha)
+
+
+def test_rankme_matches_numpy_svd_of_the_uncentred_matrix():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((3000, 20)) @ np.diag(np.linspace(2, 0.01, 20)) + 0.7
+    s = np.linalg.svd(z, compute_uv=False)
+    p = s / s.sum() + 1e-7
+    expected = math.exp(-(p * np.log(p)).sum())
+    streamed = Spectrum.from_embeddings(torch.as_tensor(z), chunk_size=256)
+    np.testing.assert_allclose(streamed.uncentered_singular_values.numpy(), s, rtol=1e-9)
+    assert streamed.rankme == pytest.approx(expected, rel=1e-10)
+    # and differs from the same entropy on centred data (a convention peers mix up)
+    centred = np.linalg.svd(z - z.mean(0), compute_uv=False)
+    assert streamed.effective_rank == pytest.approx(math.exp(-(lambda q: (q * np.log(q)).sum())(centred / centred.sum())), rel=1e-9)
+    assert abs(streamed.rankme - streamed.effective_rank) > 0.1
+
+
+def test_default_rtol_follows_the_input_precision():
+    assert cpf.default_rtol(128, torch.float32) == pytest.approx(torch.finfo(torch.float32).eps)
+    assert cpf.default_rtol(128, torch.float64) == pytest.approx(torch.finfo(torch.float32).eps)
+    assert cpf.default_rtol(2048, torch.bfloat16) == pytest.approx(2048 * 2.0**-14)
+    s32 = spectrum_of([1.0, 1e-4, 1e-9], input_dtype="float32")
+    s16 = spectrum_of([1.0, 1e-4, 1e-9], input_dtype="bfloat16")  # rtol = 3 * 2**-14 = 1.8e-4
+    assert (s32.collapsed_dims(), s16.collapsed_dims()) == (1, 2)
+    assert s32.collapsed_dims(rtol=1e-12) == 0
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    z = torch.randn(500, 6, dtype=torch.float64) * torch.logspace(0, -5, 6, dtype=torch.float64)
+    s = Spectrum.from_embeddings(z, normalize=True, layer="proj")
+    loaded = Spectrum.load(s.save(tmp_path / "s.json"))
+    assert torch.equal(loaded.eigenvalues, s.eigenvalues)
+    assert loaded.conventions() == s.conventions() and loaded.layer == "proj"
+    assert loaded.metrics() == s.metrics()
+
+
+def test_load_rejects_other_json(tmp_path):
+    from collapse_probe import CollapseProbeError
+
+    path = tmp_path / "x.json"
+    path.write_text('{"hello": 1}')
+    with pytest.raises(CollapseProbeError, match="not a collapse-probe spectrum"):
+        Spectrum.load(path)
+    with pytest.raises(CollapseProbeError, match="not found"):
+        Spectrum.load(tmp_path / "missing.json")
+
+
+def test_frames_and_plot():
+    from collapse_probe import plot_spectra, to_frame
+
+    a = Spectrum.from_embeddings(torch.randn(400, 8, dtype=torch.float64), layer="a")
+    b = spectrum_of([1.0, 0.5, 0.0, 0.0])
+    frame = to_frame({"a": a, "b": b})
+    assert list(frame.index) == ["a", "b"] and frame.loc["b", "collapsed_dims"] == 2
+    assert a.to_frame().shape[0] == 1
+    ax = plot_spectra({"a": a, "b": b})
+    assert len(ax.get_lines()) == 2 and ax.get_yscale() == "log"
+    assert len(ax.get_lines()[1].get_xdata()) == 2  # exact zeros left off the log axis
