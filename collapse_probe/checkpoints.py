@@ -139,13 +139,13 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> tupl
         except Exception as error:  # noqa: BLE001 - any parse failure is bad input
             raise CollapseProbeError(f"{path}: not a readable safetensors file ({error})") from error
     names = _zip_names(path)
-    if path.suffix == ".pt2" or any(n.endswith("/archive_format") or "/models/" in n for n in names):
+    if any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in names):
+        return "torchscript", torch.jit.load(str(path), map_location="cpu")
+    if path.suffix == ".pt2" or any(n.count("/") == 1 and n.endswith("/archive_format") for n in names):
         try:
             return "export", torch.export.load(str(path))
         except Exception as error:  # noqa: BLE001
             raise CollapseProbeError(f"{path}: not a readable torch.export program ({error})") from error
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-        return "torchscript", torch.jit.load(str(path), map_location="cpu")
     try:
         return "torch", torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -325,7 +325,8 @@ def load_encoder_with_report(
     else:
         label = {"safetensors": "safetensors state_dict", "torch": "state_dict"}[kind]
         loaded = _arch_model(path, label, obj, arch, allow_partial)
-    loaded.model.eval()
+    if kind != "export":  # an exported program's graph is fixed at export time; it has no eval()
+        loaded.model.eval()
     return loaded
 
 
