@@ -49,6 +49,7 @@ class TrainConfig:
     # data
     data: str = _opt("", "Image folder with train/ (and val/) subfolders, or builtin:NAME.")
     image_size: int = _opt(224, "Training crop size in pixels.")
+    crop_min_scale: float = _opt(0.08, "Smallest crop area fraction of RandomResizedCrop.")
     augment: str = _opt("pil", "pil: torchvision v2 per image in DataLoader workers; tensor: batched on the device.", choices=AUGMENTS)
     workers: int = _opt(8, "DataLoader worker processes (image folders).")
     # optimisation (global batch: split evenly over the processes)

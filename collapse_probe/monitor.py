@@ -1,0 +1,152 @@
+"""``SpectrumMonitor``: probe covariance spectra of named layers on a held-out loader while training.
+
+A callback for the reference trainer (``callbacks={"on_epoch_end": [monitor]}``) that works just
+as well from your own loop::
+
+    monitor = SpectrumMonitor(val_loader, layers={"representation": "encoder", "embedding": "head"},
+                              metrics_path="runs/x/metrics.jsonl", plot_path="runs/x/spectra.png")
+    for epoch in range(epochs):
+        train_one_epoch(model)
+        monitor.log(model, epoch=epoch + 1)   # appends one JSON row, redraws the plot
+
+Each probe streams the loader once through ``collapse_probe.spectrum`` (eval mode, no grad,
+float64 covariance; the model's train/eval mode is restored) and records, per layer, every
+metric of :meth:`Spectrum.metrics` (effective rank, RankMe, collapsed dims, ...) as
+``"<name>/<metric>"`` plus the full spectrum with its conventions under ``"spectra"``.
+
+Under ``torch.distributed`` call it on every process, each with its own shard of the held-out
+data: ``spectrum`` all-reduces the statistics, so every process gets the same numbers (only the
+main process writes files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_LAYERS = {"representation": "backbone", "embedding": "embedding"}
+
+
+class SpectrumMonitor:
+    """Probe the spectra of ``layers`` (display name -> module name) every ``every`` epochs.
+
+    Args:
+        loader: held-out batches (tensors, ``(x, y)`` tuples or dicts, as ``spectrum`` accepts).
+        layers: display name -> name in ``model.named_modules()``; a sequence uses the module
+            names as display names. Default: the SSLModel's ``backbone`` (representation) and
+            ``embedding`` (what the loss sees).
+        every: probe when ``epoch % every == 0`` (and always at ``last_epoch``).
+        max_samples: cap on the samples streamed per probe.
+        normalize: L2-normalise vectors before the covariance (the public DirectCLR script does).
+        device: where to run the probe (default: the model's device).
+        metrics_path: where :meth:`log` appends rows (the trainer writes its own rows instead).
+        plot_path: a PNG redrawn after each probe: log eigenvalues, one line per epoch.
+    """
+
+    def __init__(
+        self,
+        loader: Any,
+        *,
+        layers: Mapping[str, str] | Sequence[str] | None = None,
+        every: int = 1,
+        max_samples: int | None = None,
+        normalize: bool = False,
+        device: torch.device | str | None = None,
+        metrics_path: str | os.PathLike | None = None,
+        plot_path: str | os.PathLike | None = None,
+        last_epoch: int | None = None,
+    ):
+        if layers is None:
+            layers = DEFAULT_LAYERS
+        self.layers = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
+        self.loader, self.every, self.max_samples = loader, max(1, int(every)), max_samples
+        self.normalize, self.device = normalize, device
+        self.metrics_path, self.plot_path, self.last_epoch = metrics_path, plot_path, last_epoch
+        self.history: list[tuple[int, dict[str, Any]]] = []  # (epoch, {display name: Spectrum})
+
+    def probe(self, model: nn.Module) -> dict[str, Any]:
+        """One pass over the loader: ``{"<name>/<metric>": float, ..., "spectra": {name: dict}}``."""
+        import collapse_probe
+
+        device = self.device if self.device is not None else next(model.parameters()).device
+        spectra = collapse_probe.spectrum(
+            model, self.loader, layers=list(self.layers.values()), device=device, normalize=self.normalize,
+            max_samples=self.max_samples, progress=False,
+        )
+        row: dict[str, Any] = {}
+        by_name = {}
+        for name, layer in self.layers.items():
+            spec = spectra[layer]
+            by_name[name] = spec
+            for key, value in spec.metrics().items():
+                if key != "layer":
+                    row[f"{name}/{key}"] = value
+        row["spectra"] = {name: spec.to_dict() for name, spec in by_name.items()}
+        self._last = by_name
+        return row
+
+    def due(self, epoch: int) -> bool:
+        """Whether ``epoch`` (completed epochs, from 1) is one to probe."""
+        return epoch % self.every == 0 or (self.last_epoch is not None and epoch == self.last_epoch)
+
+    def log(self, model: nn.Module, *, epoch: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Probe now, append ``{"epoch": epoch, **extra, **metrics}`` to ``metrics_path``; return it."""
+        row = {"epoch": int(epoch), **(extra or {}), **self.probe(model)}
+        self.history.append((int(epoch), self._last))
+        if self.metrics_path is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        self._save_plot()
+        return row
+
+    def __call__(self, state: Any) -> None:
+        """Trainer callback (``on_epoch_end``): add the metrics to ``state.row`` when due."""
+        if not self.due(state.epoch):
+            return
+        state.row.update(self.probe(state.model))
+        self.history.append((state.epoch, self._last))
+        self._save_plot()
+
+    def _save_plot(self) -> None:
+        if self.plot_path is None or not self.history or not _is_main_process():
+            return
+        figure = plot_spectrum_history(self.history)
+        os.makedirs(os.path.dirname(os.path.abspath(self.plot_path)), exist_ok=True)
+        figure.savefig(self.plot_path, dpi=100)
+
+
+def _is_main_process() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def plot_spectrum_history(history: Sequence[tuple[int, Mapping[str, Any]]]) -> Any:
+    """A matplotlib Figure: per layer, sorted log eigenvalues, one line per epoch (dark = early).
+
+    ``history`` is ``[(epoch, {name: Spectrum}), ...]``; eigenvalues below 1e-30 are clipped so
+    that collapsed directions stay on the log axis.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    names = list(history[0][1])
+    figure = Figure(figsize=(4.2 * len(names), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(names), squeeze=False)[0]
+    cmap = colormaps["viridis"]
+    n = len(history)
+    for ax, name in zip(axes, names, strict=True):
+        for i, (epoch, spectra) in enumerate(history):
+            eig = spectra[name].eigenvalues.double().clamp_min(1e-30)
+            ax.plot(torch.arange(1, len(eig) + 1).numpy(), eig.log10().numpy(), color=cmap(i / max(1, n - 1)),
+                    lw=1.2, label=f"epoch {epoch}" if i in (0, n - 1) else None)
+        ax.set_title(name)
+        ax.set_xlabel("index (sorted)")
+        ax.set_ylabel("log10 covariance eigenvalue")
+        ax.legend(fontsize=8)
+    return figure

@@ -1,0 +1,91 @@
+"""The trainer's checkpoint: one ``torch.save``d dict that ``torch.load(weights_only=True)`` reads.
+
+Keys (format ``collapse-probe/trainer-v1``)::
+
+    format      "collapse-probe/trainer-v1"
+    arch        {"backbone", "small_stem", "width", "projector", "projector_dims", "method", "d0", "rep_dim"}
+    config      TrainConfig as a plain dict
+    model       SSLModel state_dict (keys "backbone.*", "projector.*")
+    online_head state_dict of the online linear classifier (or None)
+    optimizer, scheduler, scaler   their state_dicts
+    epoch       completed epochs
+    rng         {"torch", "cuda", "python", "numpy"}: generator states as tensors
+
+Only tensors, dicts, lists and plain scalars are stored (no numpy arrays, no dataclasses), and
+writes are atomic (a temp file in the same folder, then ``os.replace``), so a run killed while
+saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from collapse_probe.errors import CollapseProbeError
+from collapse_probe.ssl.model import SSLModel, build_model_from_arch
+
+FORMAT = "collapse-probe/trainer-v1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the trainer touches, as tensors and plain scalars."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only when the device count matches)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically to ``path`` (temp file, then ``os.replace``)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a trainer checkpoint safely (``weights_only=True``) on the CPU and check its format."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CollapseProbeError(f"no checkpoint at {path!r}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CollapseProbeError(f"{path!r} is not a collapse-probe trainer checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any]) -> SSLModel:
+    """Rebuild the :class:`SSLModel` a trainer checkpoint describes and load its weights (strict).
+
+    >>> from collapse_probe.ssl.config import TrainConfig
+    >>> from collapse_probe.ssl.model import build_model
+    >>> model, arch = build_model(TrainConfig(arch="smallcnn", width=8, projector="linear", projector_dim=4))
+    >>> clone = build_model_from_checkpoint({"format": FORMAT, "arch": arch, "model": model.state_dict()})
+    >>> bool(torch.equal(clone.projector.weight, model.projector.weight))
+    True
+    """
+    if ckpt.get("format") != FORMAT or "arch" not in ckpt or "model" not in ckpt:
+        raise CollapseProbeError(f"not a collapse-probe trainer checkpoint (format {FORMAT}, keys arch and model)")
+    model = build_model_from_arch(ckpt["arch"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model

@@ -1,0 +1,283 @@
+"""The training loop: ``train(config, callbacks) -> TrainResult``, readable top to bottom.
+
+Callbacks are a plain dict of lists (minGPT's pattern), each called as ``fn(state)`` with the
+:class:`TrainState`: ``on_train_start``, ``on_step_end``, ``on_epoch_end`` (add numbers to
+``state.row`` here: they land in metrics.jsonl), ``on_checkpoint`` (after each save) and
+``on_train_end``. The spectrum monitor is an ``on_epoch_end`` callback.
+
+Under torchrun every process runs this same function (DDP; NCCL on CUDA, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collapse_probe.errors import CollapseProbeError
+from collapse_probe.ssl.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from collapse_probe.ssl.config import TrainConfig, validate
+from collapse_probe.ssl.data import eval_loader, train_stream
+from collapse_probe.ssl.distributed import DistInfo, dist_info, gather_with_grad, init_distributed
+from collapse_probe.ssl.lars import LARS, lars_param_groups, warmup_cosine
+from collapse_probe.ssl.losses import info_nce, nt_xent
+from collapse_probe.ssl.model import SSLModel, build_model
+
+Callbacks = dict[str, list[Callable[["TrainState"], Any]]]
+EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_checkpoint", "on_train_end")
+METRICS_NAME = "metrics.jsonl"
+
+
+class NonFiniteLossError(CollapseProbeError):
+    """The loss became NaN or Inf; the last good checkpoint was left as it was."""
+
+
+@dataclass
+class TrainState:
+    """What callbacks see. ``epoch`` counts completed epochs inside ``on_epoch_end``."""
+
+    config: TrainConfig
+    model: SSLModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dist: DistInfo
+    device: torch.device
+    out_dir: Path
+    epoch: int = 0
+    step: int = 0
+    loss: torch.Tensor | None = None
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """The trained model (on the CPU, eval mode), where its checkpoint is, and the metric rows."""
+
+    model: SSLModel
+    checkpoint_path: Path
+    metrics: list[dict[str, Any]]
+    config: TrainConfig
+
+
+class _TrainNet(nn.Module):
+    """The model plus the online classifier, so DDP syncs both; the loss stays outside."""
+
+    def __init__(self, model: SSLModel, head: nn.Module | None):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r, z = self.model(x, return_representation=True)
+        return z, (self.head(r.detach()) if self.head is not None else None)
+
+
+def _run(callbacks: Callbacks, event: str, state: TrainState) -> None:
+    for fn in callbacks.get(event, []):
+        fn(state)
+
+
+def _log(dist: DistInfo, message: str) -> None:
+    if dist.is_main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def resolve_device(name: str | None, dist: DistInfo | None = None) -> torch.device:
+    """``name`` as a device; None picks CUDA (this process's GPU under torchrun) when available."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and dist is not None and dist.world_size > 1:
+        device = torch.device("cuda", dist.local_rank)
+    return device
+
+
+def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+    """Train ``config``'s model; write OUT/checkpoint.pt and OUT/metrics.jsonl every epoch.
+
+    Returns a :class:`TrainResult`. Raises :class:`CollapseProbeError` for bad settings before
+    training starts and :class:`NonFiniteLossError` if the loss diverges.
+    """
+    callbacks = {event: list(fns) for event, fns in (callbacks or {}).items()}
+    unknown = set(callbacks) - set(EVENTS)
+    if unknown:
+        raise CollapseProbeError(f"unknown callback event(s) {sorted(unknown)}; use {', '.join(EVENTS)}")
+    device = resolve_device(config.device)
+    joined_here = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    dist = init_distributed(device.type)
+    device = resolve_device(config.device, dist)
+    validate(config, world_size=dist.world_size)
+    for event, fns in default_callbacks(config).items():
+        callbacks.setdefault(event, []).extend(fns)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out_dir = Path(config.out)
+    ckpt_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+    ckpt = load_checkpoint(ckpt_path) if config.resume and ckpt_path.exists() else None
+
+    # ---- model, data, optimiser -------------------------------------------------------------
+    model, arch = build_model(config)  # also checks d0 against the representation size
+    if ckpt is not None and ckpt["arch"] != arch:
+        raise CollapseProbeError(f"--resume: the checkpoint's architecture {ckpt['arch']} differs from this run's {arch}")
+    stream = train_stream(config, dist, device)  # checks the data before any training
+    head = nn.Linear(arch["rep_dim"], stream.num_classes) if config.online_probe else None
+    net = _TrainNet(model, head).to(device)
+    cuda = device.type == "cuda"
+    if cuda and config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = LARS(
+        lars_param_groups([net], config.weight_decay), lr=config.lr, weight_decay=config.weight_decay,
+        momentum=config.momentum, trust_coefficient=config.trust_coefficient,
+    )
+    steps_per_epoch = len(stream)
+    schedule = functools.partial(
+        warmup_cosine, total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch), final_ratio=config.final_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for the format
+    loss_fn = info_nce if config.loss == "info_nce" else nt_xent
+
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if head is not None and ckpt.get("online_head") is not None:
+            head.load_state_dict(ckpt["online_head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch = int(ckpt["epoch"])
+        _log(dist, f"resuming from {ckpt_path} after epoch {start_epoch}")
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = [r for r in _read_rows(metrics_path) if r.get("epoch", 0) <= start_epoch] if ckpt else []
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    train_net: nn.Module = net
+    if dist.world_size > 1:
+        if cuda:  # SyncBatchNorm needs CUDA; on CPU each process normalises its own shard
+            train_net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        train_net = nn.parallel.DistributedDataParallel(train_net, device_ids=[device.index] if cuda else None)
+
+    state = TrainState(config, model, optimizer, scheduler, dist, device, out_dir, epoch=start_epoch,
+                       step=start_epoch * steps_per_epoch)
+    _run(callbacks, "on_train_start", state)
+    _log(dist, f"training {config.method} ({arch['projector']} projector, {config.arch}) on {config.data}: "
+               f"{config.epochs} epochs x {steps_per_epoch} steps, global batch {config.batch_size}, {dist.world_size} process(es), {device}")
+
+    # ---- the loop ---------------------------------------------------------------------------
+    for epoch in range(start_epoch, config.epochs):
+        train_net.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        for i, (x1, x2, y) in enumerate(stream.epoch(epoch)):
+            x = torch.cat([x1, x2])
+            if cuda and config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                z, logits = train_net(x)
+            # The loss runs in float32 on the whole global batch: every process gets the same value.
+            z1, z2 = z.float().chunk(2)
+            loss = loss_fn(gather_with_grad(z1), gather_with_grad(z2), temperature=config.temperature)
+            total = loss
+            if logits is not None:
+                labels = torch.cat([y, y])
+                total = total + F.cross_entropy(logits.float(), labels)
+                correct += (logits.detach().argmax(1) == labels).sum()
+                seen += labels.numel()
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            scheduler.step()
+            loss = loss.detach()
+            loss_sum += loss
+            finite &= torch.isfinite(loss)  # stays on the device: no sync per step
+            state.step, state.loss = state.step + 1, loss
+            _run(callbacks, "on_step_end", state)
+            if config.log_every and (i + 1) % config.log_every == 0:
+                _log(dist, f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss.item():.4f}")  # a sync point
+        # One sync point per epoch: read the accumulated loss, accuracy and finiteness flag.
+        if not bool(finite):
+            last = f"{ckpt_path} (epoch {epoch})" if ckpt_path.exists() and epoch > 0 else "none written yet"
+            raise NonFiniteLossError(
+                f"the loss became NaN/Inf during epoch {epoch + 1}; stopped without saving. Last good checkpoint: "
+                f"{last}. Lower --lr or check the data."
+            )
+        elapsed = time.perf_counter() - t0
+        state.epoch = epoch + 1
+        state.row = {
+            "epoch": epoch + 1,
+            "step": state.step,
+            "loss": float(loss_sum) / max(1, steps_per_epoch),
+            "lr": optimizer.param_groups[0]["lr"],
+            "imgs_per_s": steps_per_epoch * config.batch_size / elapsed,
+            "epoch_time_s": elapsed,
+        }
+        if seen:
+            state.row["online_acc"] = float(correct) / seen
+        _run(callbacks, "on_epoch_end", state)
+        if dist.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(state.row) + "\n")
+            save_checkpoint(ckpt_path, {
+                "arch": arch,
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "online_head": head.state_dict() if head is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "rng": rng_state(),
+            })
+        msg = " ".join(f"{k} {v:.4g}" for k, v in state.row.items() if isinstance(v, float) and "/" not in k)
+        _log(dist, f"epoch {epoch + 1}/{config.epochs} {msg}")
+        _run(callbacks, "on_checkpoint", state)
+
+    _run(callbacks, "on_train_end", state)
+    if dist.world_size > 1 and joined_here:
+        torch.distributed.destroy_process_group()
+    model = model.cpu().eval()
+    return TrainResult(model=model, checkpoint_path=ckpt_path, metrics=_read_rows(metrics_path) if dist.is_main else [],
+                       config=config)
+
+
+def default_callbacks(config: TrainConfig) -> Callbacks:
+    """The trainer's own callbacks: a :class:`~collapse_probe.monitor.SpectrumMonitor` on the
+    held-out split (``val``, this process's shard of it) every ``config.monitor_every`` epochs,
+    plotting into OUT/spectra.png."""
+    if not config.monitor_every:
+        return {}
+    from collapse_probe.monitor import SpectrumMonitor
+
+    loader = eval_loader(config.data, "val", config.image_size, batch_size=256, max_samples=config.monitor_samples,
+                         workers=min(config.workers, 8), shard=dist_info())
+    monitor = SpectrumMonitor(loader, every=config.monitor_every, plot_path=os.path.join(config.out, "spectra.png"),
+                              last_epoch=config.epochs)
+    return {"on_epoch_end": [monitor]}
