@@ -15,6 +15,8 @@ from collapse_probe_cli.errors import run_cli
 
 COMMAND_MODULES = (
     # (module under collapse_probe_cli, attribute): one entry per command or group
+    ("train", "train"),
+    ("evaluate", "eval_group"),
 )
 
 

@@ -144,7 +144,7 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
     head = nn.Linear(arch["rep_dim"], stream.num_classes) if config.online_probe else None
     net = _TrainNet(model, head).to(device)
     cuda = device.type == "cuda"
-    if cuda and config.channels_last:
+    if config.channels_last:  # faster convolutions on CUDA and, measured, on this CPU too
         net = net.to(memory_format=torch.channels_last)
     optimizer = LARS(
         lars_param_groups([net], config.weight_decay), lr=config.lr, weight_decay=config.weight_decay,
@@ -198,7 +198,7 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
         finite = torch.ones((), dtype=torch.bool, device=device)
         for i, (x1, x2, y) in enumerate(stream.epoch(epoch)):
             x = torch.cat([x1, x2])
-            if cuda and config.channels_last:
+            if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 z, logits = train_net(x)
