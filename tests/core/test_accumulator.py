@@ -100,12 +100,14 @@ def test_float32_accumulation_is_measurably_worse():
     assert np.max(np.abs(low[large] - expected[large]) / expected[large]) > 1e-4
 
 
-def test_gpu_style_addmm_path_matches_blas_path():
-    z, _ = known_spectrum_data(n=4000, d=24, seed=4)
-    accumulator = CovarianceAccumulator(24)
-    accumulator._rank_update.uses_blas = False
-    for start in range(0, 4000, 128):
-        accumulator.update(torch.as_tensor(z[start : start + 128]))
+def test_blocked_lower_triangle_path_matches_reference():
+    """d above one block takes the CPU block-triangular update; it must equal the reference."""
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((1500, 700)) * np.logspace(0, -3, 700) + 2.0
+    accumulator = CovarianceAccumulator(700)
+    assert accumulator._rank_update.blocked
+    for start in range(0, 1500, 300):
+        accumulator.update(torch.as_tensor(z[start : start + 300]))
     assert_spectra_close(accumulator.compute().eigenvalues.numpy(), reference_eigenvalues(z), 1e-6, None)
 
 
