@@ -15,6 +15,11 @@ from collapse_probe_cli.errors import run_cli
 
 COMMAND_MODULES = (
     # (module under collapse_probe_cli, attribute): one entry per command or group
+    ("spectrum", "spectrum"),
+    ("layers", "layers"),
+    ("compare", "compare"),
+    ("embeddings", "embeddings"),
+    ("check", "check"),
     ("train", "train"),
     ("evaluate", "eval_group"),
 )

@@ -95,6 +95,22 @@ class LoadedEncoder:
     default_layers: dict[str, str] = field(default_factory=dict)
 
 
+class ExportedEncoder(nn.Module):
+    """A ``torch.export`` program as a module: its graph is fixed at export time, so ``train()`` and
+    ``eval()`` only set this wrapper's flag (the program itself refuses both calls)."""
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program = program_module
+
+    def train(self, mode: bool = True) -> ExportedEncoder:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.program(x)
+
+
 # ----------------------------------------------------------------------------- reading files
 
 
@@ -312,7 +328,7 @@ def load_encoder_with_report(
     path = Path(path)
     kind, obj = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     if kind in ("torchscript", "export"):
-        model = obj.module() if kind == "export" else obj
+        model = ExportedEncoder(obj.module()) if kind == "export" else obj
         label = "TorchScript archive" if kind == "torchscript" else "torch.export program"
         note = () if arch is None else (f"--arch {arch} ignored: the architecture is inside the file",)
         loaded = LoadedEncoder(model, LoadReport(str(path), label, notes=note))
@@ -325,8 +341,7 @@ def load_encoder_with_report(
     else:
         label = {"safetensors": "safetensors state_dict", "torch": "state_dict"}[kind]
         loaded = _arch_model(path, label, obj, arch, allow_partial)
-    if kind != "export":  # an exported program's graph is fixed at export time; it has no eval()
-        loaded.model.eval()
+    loaded.model.eval()
     return loaded
 
 

@@ -1,0 +1,62 @@
+"""``collapse-probe check``: fail a CI job when an encoder has collapsed (exit 0 pass, 1 fail, 2 bad input)."""
+
+from __future__ import annotations
+
+import click
+from collapse_probe_cli import options
+from collapse_probe_cli.errors import EXIT_CHECK_FAILED
+
+from collapse_probe.checks import run_checks, validate_bounds, write_junit_xml, write_report_json
+from collapse_probe.reports import is_spectrum_file, load_or_probe, load_spectra
+
+
+@click.command("check")
+@click.argument("source", metavar="CKPT|SPECTRUM.json", type=click.Path(dir_okay=False))
+@click.option("--min-effective-rank", type=float, help="Fail when a layer's effective rank is below this.")
+@click.option("--min-rankme", type=float, help="Fail when a layer's RankMe is below this.")
+@click.option("--max-collapsed-fraction", type=float,
+              help="Fail when more than this fraction of a layer's dimensions is collapsed (0..1).")
+@click.option("--baseline", type=click.Path(dir_okay=False), metavar="SPECTRUM.json",
+              help="A saved spectrum to compare with (needs --max-drop).")
+@click.option("--max-drop", type=float, metavar="FRACTION",
+              help="Fail when effective rank or RankMe falls more than this fraction below the baseline.")
+@click.option("--report-json", type=click.Path(dir_okay=False), metavar="FILE", help="Write the results as JSON.")
+@click.option("--junit-xml", type=click.Path(dir_okay=False), metavar="FILE", help="Write a JUnit XML report.")
+@options.probe_options
+@options.quiet
+def check(source: str, min_effective_rank: float | None, min_rankme: float | None,
+          max_collapsed_fraction: float | None, baseline: str | None, max_drop: float | None,
+          report_json: str | None, junit_xml: str | None, quiet: bool, **values) -> None:
+    """Check collapse bounds on CKPT (probed on --data) or on a saved spectrum JSON.
+
+    Exit code 0 when every check passes, 1 when one fails (each failure is printed with its
+    measured value and bound), 2 for a usage or input error. A saved spectrum.json (written by
+    `collapse-probe spectrum --out`, or by a training job) needs no model, no data and no GPU.
+
+    \b
+    Examples:
+      collapse-probe check ckpt.pt --data val/ --min-effective-rank 50 --junit-xml collapse.xml
+      collapse-probe check probe_out/spectrum.json --max-collapsed-fraction 0.25
+      collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.1
+    """
+    validate_bounds(min_effective_rank=min_effective_rank, min_rankme=min_rankme,
+                    max_collapsed_fraction=max_collapsed_fraction, has_baseline=baseline is not None,
+                    max_drop=max_drop)
+    probe_values, _ = options.split_probe_values(values)
+    config = None if is_spectrum_file(source) else options.probe_config(probe_values, quiet_run=quiet)
+    result = load_or_probe(source, config)
+    reference = load_spectra(baseline).spectra if baseline is not None else None
+    results = run_checks(result.spectra, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
+                         max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop)
+    if report_json:
+        write_report_json(report_json, results, source=result.source,
+                          metrics={n: s.metrics() for n, s in result.spectra.items()})
+    if junit_xml:
+        write_junit_xml(junit_xml, results)
+    failed = [r for r in results if not r.passed]
+    for r in results:
+        if not quiet or not r.passed:
+            click.echo(r.message)
+    click.echo(f"{len(results) - len(failed)}/{len(results)} checks passed" + ("" if not failed else "; collapse detected"))
+    if failed:
+        raise click.exceptions.Exit(EXIT_CHECK_FAILED)

@@ -1,0 +1,43 @@
+"""``collapse-probe compare``: several checkpoints or saved spectra on one plot and in one table."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from collapse_probe_cli import options
+
+from collapse_probe.reports import compare_sources, format_table, write_comparison
+
+
+@click.command("compare")
+@click.argument("sources", nargs=-1, required=True, metavar="CKPT|SPECTRUM.json...")
+@options.probe_options
+@options.out
+@options.as_json
+@options.quiet
+@click.option("--relative", is_flag=True, help="Plot each spectrum divided by its largest eigenvalue.")
+def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: bool, relative: bool, **values) -> None:
+    """Compare the spectra of several checkpoints and/or saved spectrum JSON files.
+
+    Checkpoints are probed together in one pass over --data (each image decoded once), and
+    spectra of equal dimension are solved in one batched eigen-solve. Writes compare.png (one
+    overlay plot), compare.csv and compare.json to --out.
+
+    \b
+    Examples:
+      collapse-probe compare simclr.pt directclr.pt --data builtin:digits --image-size 32 --out cmp
+      collapse-probe compare runA/spectrum.json runB/spectrum.json --out cmp
+    """
+    probe_values, _ = options.split_probe_values(values)
+    needs_data = any(not s.lower().endswith(".json") for s in sources)
+    config = options.probe_config(probe_values, quiet_run=quiet) if needs_data else None
+    spectra, roles = compare_sources(sources, config)
+    if as_json:
+        click.echo(json.dumps({name: s.metrics() for name, s in spectra.items()}, default=str))
+    elif not quiet:
+        click.echo(format_table(spectra, roles))
+    if out is not None:
+        paths = write_comparison(spectra, out, relative=relative)
+        if not quiet:
+            click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)

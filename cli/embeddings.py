@@ -1,0 +1,52 @@
+"""``collapse-probe embeddings``: the spectrum report for precomputed (N, d) embeddings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from collapse_probe_cli import options
+
+from collapse_probe.reports import (
+    ProbeResult,
+    format_table,
+    load_embeddings,
+    spectra_document,
+    write_outputs,
+)
+from collapse_probe.result import Spectrum
+
+
+@click.command("embeddings")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--key", help="Tensor name in a .pt/.safetensors file holding several.")
+@click.option("--name", help="Label of this spectrum [default: the file name without extension].")
+@click.option("--center/--no-center", default=True, show_default=True,
+              help="Subtract the mean (covariance) or not (raw second moment).")
+@options.normalize
+@options.out
+@options.as_json
+@options.quiet
+def embeddings(file: str, key: str | None, name: str | None, center: bool, normalize: bool, out: str | None,
+               as_json: bool, quiet: bool) -> None:
+    """The spectrum report for an (N, d) array of embeddings in FILE (.npy, .pt, .safetensors).
+
+    \b
+    Examples:
+      collapse-probe embeddings val_embeddings.npy --out probe_out
+      collapse-probe embeddings feats.safetensors --key projector --normalize --json
+    """
+    label = name or Path(file).stem
+    z = load_embeddings(file, key)
+    result = ProbeResult({label: Spectrum.from_embeddings(z, center=center, normalize=normalize, layer=label)},
+                         source={"embeddings": str(file), "shape": list(z.shape)})
+    if as_json:
+        click.echo(json.dumps(spectra_document(result) | {"metrics": {n: s.metrics() for n, s in result.spectra.items()}},
+                              default=str))
+    elif not quiet:
+        click.echo(format_table(result.spectra))
+    if out is not None:
+        paths = write_outputs(result, out)
+        if not quiet:
+            click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)

@@ -1,0 +1,90 @@
+"""Options shared by several commands, each defined once (the pip-tools ``scripts/options.py`` way).
+
+A command stacks the decorators it needs; :func:`probe_config` turns the parsed values into the
+library's :class:`~collapse_probe.reports.ProbeConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from collapse_probe.reports import DataConfig, ProbeConfig
+
+F = Callable[..., Any]
+
+
+def _stack(*decorators: F) -> F:
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+arch = click.option("--arch", metavar="NAME",
+                    help="Architecture for a bare state_dict: a torchvision name (resnet50, vit_b_16, ...), "
+                         "a timm name, or package.module:callable. Not needed for collapse-probe trainer "
+                         "checkpoints, TorchScript or torch.export files.")
+trust_checkpoint = click.option("--trust-checkpoint", is_flag=True,
+                                help="Allow full unpickling (can run arbitrary code: only for files you trust).")
+allow_partial = click.option("--allow-partial", is_flag=True,
+                             help="Probe even when most of the model's weights are missing from the checkpoint.")
+data = click.option("--data", metavar="DIR|builtin:NAME",
+                    help="Image folder (searched recursively; class sub-folders fine) or builtin:digits.")
+layer = click.option("--layer", "layers", multiple=True, metavar="NAME",
+                     help="Module to probe, as `collapse-probe layers` lists it; repeat for several. "
+                          "Default: the representation and, with a projector, the projector output.")
+batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+workers = click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+                       help="DataLoader worker processes decoding images.")
+device = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:i]")
+precision = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+                         show_default=True, help="Forward precision (statistics are always float64).")
+image_size = click.option("--image-size", type=click.IntRange(min=1), default=224, show_default=True,
+                          help="Centre-crop size.")
+resize = click.option("--resize", type=click.IntRange(min=1), default=None,
+                      help="Shorter side before the crop [default: image-size * 256/224, i.e. 256].")
+max_samples = click.option("--max-samples", type=click.IntRange(min=2), default=None,
+                           help="Probe a seeded random subset of this many images.")
+normalize = click.option("--normalize/--no-normalize", default=False, show_default=True,
+                         help="L2-normalise each embedding before the covariance (the paper's public script does).")
+strict = click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+out = click.option("--out", type=click.Path(file_okay=False), default="collapse_probe_out", show_default=True,
+                   metavar="DIR", help="Folder for the JSON, CSV and PNG outputs.")
+as_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table.")
+quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report on stderr.")
+
+#: Everything needed to turn checkpoints and images into spectra.
+probe_options = _stack(data, arch, layer, batch_size, workers, device, precision, image_size, resize,
+                       max_samples, normalize, strict, trust_checkpoint, allow_partial)
+
+
+def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
+    """Build the :class:`ProbeConfig` from the parsed ``probe_options`` values."""
+    if not values.get("data"):
+        raise click.UsageError("--data DIR (or builtin:NAME) is needed to probe a checkpoint")
+    data_config = DataConfig(
+        data=values["data"], image_size=values["image_size"], resize=values["resize"],
+        batch_size=values["batch_size"], workers=values["workers"], max_samples=values["max_samples"],
+        strict=values["strict"],
+    )
+    return ProbeConfig(
+        data=data_config, arch=values["arch"], layers=tuple(values["layers"]), device=values["device"],
+        precision=None if values["precision"] == "fp32" else values["precision"],
+        normalize=values["normalize"], trust_checkpoint=values["trust_checkpoint"],
+        allow_partial=values["allow_partial"], progress=not quiet_run,
+    )
+
+
+PROBE_KEYS = ("data", "arch", "layers", "batch_size", "workers", "device", "precision", "image_size", "resize",
+              "max_samples", "normalize", "strict", "trust_checkpoint", "allow_partial")
+
+
+def split_probe_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate the ``probe_options`` values from a command's own ones."""
+    probe = {k: values.pop(k) for k in PROBE_KEYS}
+    return probe, values

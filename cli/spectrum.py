@@ -1,0 +1,51 @@
+"""``collapse-probe spectrum``: one checkpoint, one folder of images -> table, JSON, CSV, PNG."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from collapse_probe_cli import options
+
+from collapse_probe.reports import format_table, probe_checkpoint, spectra_document, write_outputs
+
+
+@click.command("spectrum")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@options.probe_options
+@options.out
+@options.as_json
+@options.quiet
+def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **values) -> None:
+    """Covariance spectrum of CHECKPOINT's embeddings on a folder of images.
+
+    Prints one row per probed layer (effective rank, RankMe, collapsed dims, stable rank,
+    alpha-ReQ) and writes spectrum.json, spectrum.csv and the paper's sorted log-spectrum plot
+    spectrum.png to --out. By default the representation (the backbone output, i.e. the input of
+    the final classifier) and, when the checkpoint holds a projector, the projector output are
+    probed, on one plot.
+
+    \b
+    Examples:
+      collapse-probe spectrum run/checkpoint.pt --data imagenet/val --out probe_out
+      collapse-probe spectrum resnet50.pth --arch resnet50 --data val/ --max-samples 10000
+      collapse-probe spectrum r18.safetensors --arch resnet18 --data builtin:digits \\
+          --image-size 32 --layer layer3 --layer fc --json
+    """
+    probe_values, _ = options.split_probe_values(values)
+    config = options.probe_config(probe_values, quiet_run=quiet)
+    result = probe_checkpoint(checkpoint, config)
+    if not quiet and result.report is not None:
+        click.echo(result.report.summary(), err=True)
+    skipped = result.source.get("n_unreadable_skipped", 0)
+    if skipped and not quiet:
+        click.echo(f"skipped {skipped} unreadable image(s) of {result.source['n_images']}", err=True)
+    if as_json:
+        click.echo(json.dumps(spectra_document(result) | {"metrics": {n: s.metrics() for n, s in result.spectra.items()}},
+                              default=str))
+    elif not quiet:
+        click.echo(format_table(result.spectra, result.roles))
+    if out is not None:
+        paths = write_outputs(result, out)
+        if not quiet:
+            click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)

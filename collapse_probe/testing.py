@@ -1,0 +1,49 @@
+"""pytest helpers: fail a test when an encoder's embeddings have collapsed.
+
+>>> import torch
+>>> from torch import nn
+>>> loader = [torch.randn(256, 8) for _ in range(4)]
+>>> spectra = assert_no_collapse(nn.Linear(8, 8), loader, min_effective_rank=6)
+>>> round(spectra["output"].effective_rank) >= 6
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from collapse_probe.checks import run_checks
+from collapse_probe.probe import spectrum
+from collapse_probe.result import Spectrum
+
+
+def assert_no_collapse(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    min_effective_rank: float | None = None,
+    max_collapsed_fraction: float | None = None,
+    layers: str | Sequence[str] | None = None,
+    **spectrum_kwargs: Any,
+) -> dict[str, Spectrum]:
+    """Probe ``model`` on ``loader`` and raise ``AssertionError`` naming every failed bound.
+
+    Checks are those of :func:`collapse_probe.checks.run_checks` (effective rank of the singular
+    values of the centred embedding matrix >= ``min_effective_rank``; collapsed dims / d <=
+    ``max_collapsed_fraction``), on the model output (``layers=None``) or on each named layer.
+    Extra keyword arguments go to :func:`collapse_probe.spectrum` (``device``, ``normalize``,
+    ``max_samples``, ...). Returns the spectra by layer (``"output"`` for the model output).
+    """
+    if min_effective_rank is None and max_collapsed_fraction is None:
+        raise ValueError("assert_no_collapse needs min_effective_rank and/or max_collapsed_fraction")
+    spectrum_kwargs.setdefault("progress", False)
+    result = spectrum(model, loader, layers=[layers] if isinstance(layers, str) else layers, **spectrum_kwargs)
+    spectra = result if isinstance(result, dict) else {"output": result}
+    results = run_checks(spectra, min_effective_rank=min_effective_rank, max_collapsed_fraction=max_collapsed_fraction)
+    failed = [r.message for r in results if not r.passed]
+    if failed:
+        raise AssertionError("dimensional collapse detected:\n" + "\n".join(failed))
+    return spectra
