@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from collapse_probe.errors import CollapseProbeError
 from collapse_probe.reports import DataConfig, ProbeConfig
 
 F = Callable[..., Any]
@@ -66,7 +67,7 @@ probe_options = _stack(data, arch, layer, batch_size, workers, device, precision
 def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
     """Build the :class:`ProbeConfig` from the parsed ``probe_options`` values."""
     if not values.get("data"):
-        raise click.UsageError("--data DIR (or builtin:NAME) is needed to probe a checkpoint")
+        raise CollapseProbeError("--data DIR (or builtin:NAME) is needed to probe a checkpoint")
     data_config = DataConfig(
         data=values["data"], image_size=values["image_size"], resize=values["resize"],
         batch_size=values["batch_size"], workers=values["workers"], max_samples=values["max_samples"],
