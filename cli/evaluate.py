@@ -38,7 +38,7 @@ def eval_group() -> None:
 @eval_group.command("linear")
 @_shared
 @click.option("--epochs", type=int, default=100, show_default=True, help="Probe training epochs over the features.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (cosine schedule).")
+@click.option("--lr", type=float, default=1e-2, show_default=True, help="AdamW learning rate (cosine schedule).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="AdamW weight decay.")
 def linear(checkpoint: str, data: str, layer: str, image_size: int | None, batch_size: int, workers: int,
            device: str | None, epochs: int, lr: float, weight_decay: float) -> None:

@@ -53,7 +53,7 @@ def linear_probe(
     val_y: torch.Tensor,
     *,
     epochs: int = 100,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     weight_decay: float = 1e-4,
     batch_size: int = 256,
     device: torch.device | str | None = None,

@@ -103,6 +103,18 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def global_loss(z: torch.Tensor, *, loss: str = "info_nce", temperature: float = 0.1) -> torch.Tensor:
+    """The contrastive loss of this process's ``z = [z1; z2]`` (2 B_local, K) over the global batch.
+
+    Both views are gathered from every process with gradient, and the loss runs in float32 on
+    the whole global batch, so every process computes the same value (see ``distributed.py``
+    for why DDP's gradient average then equals the single-process gradient).
+    """
+    z1, z2 = z.float().chunk(2)
+    fn = info_nce if loss == "info_nce" else nt_xent
+    return fn(gather_with_grad(z1), gather_with_grad(z2), temperature=temperature)
+
+
 def resolve_device(name: str | None, dist: DistInfo | None = None) -> torch.device:
     """``name`` as a device; None picks CUDA (this process's GPU under torchrun) when available."""
     if name is None:
@@ -158,7 +170,6 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for the format
-    loss_fn = info_nce if config.loss == "info_nce" else nt_xent
 
     start_epoch = 0
     if ckpt is not None:
@@ -202,9 +213,7 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 z, logits = train_net(x)
-            # The loss runs in float32 on the whole global batch: every process gets the same value.
-            z1, z2 = z.float().chunk(2)
-            loss = loss_fn(gather_with_grad(z1), gather_with_grad(z2), temperature=config.temperature)
+            loss = global_loss(z, loss=config.loss, temperature=config.temperature)
             total = loss
             if logits is not None:
                 labels = torch.cat([y, y])

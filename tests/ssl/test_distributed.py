@@ -1,0 +1,67 @@
+"""Two CPU processes over gloo give the single-process loss and gradients on the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from collapse_probe.ssl.loop import global_loss
+from collapse_probe.ssl.model import SSLModel
+
+GLOBAL_BATCH = 8
+
+
+def _model() -> SSLModel:
+    # No BatchNorm: on CPU each process normalises its own shard (SyncBatchNorm needs CUDA),
+    # so an exact comparison needs a batch-independent backbone.
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 16))
+    return SSLModel(backbone, nn.Linear(16, 8))
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=g), torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=g)
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, loss_kind: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())
+        x1, x2 = _batch()
+        local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+        loss = global_loss(model(torch.cat([x1[local], x2[local]])), loss=loss_kind)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.module.named_parameters()}
+        torch.save({"loss": loss.detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("loss_kind", ["info_nce", "nt_xent"])
+def test_two_gloo_processes_match_one_process(tmp_path, loss_kind):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), loss_kind), nprocs=2, join=True)
+
+    model = _model()
+    x1, x2 = _batch()
+    loss = global_loss(model(torch.cat([x1, x2])), loss=loss_kind)
+    loss.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-6, atol=1e-6)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
