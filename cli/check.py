@@ -59,4 +59,5 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
             click.echo(r.message)
     click.echo(f"{len(results) - len(failed)}/{len(results)} checks passed" + ("" if not failed else "; collapse detected"))
     if failed:
-        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+        # SystemExit, not click's Exit: run_cli (standalone_mode=False) drops the code click returns
+        raise SystemExit(EXIT_CHECK_FAILED)

@@ -31,7 +31,10 @@ def _invoke(args: list) -> tuple[int, str, str]:
     """Run the CLI as `collapse-probe ARGS` would (exit codes from run_cli): (code, stdout, stderr)."""
     runner = CliRunner()
     with runner.isolation() as (stdout, stderr, _):
-        code = run_cli(cli, [str(a) for a in args])
+        try:
+            code = run_cli(cli, [str(a) for a in args])
+        except SystemExit as exit_:  # `check` exits 1 this way; `main()` turns codes into SystemExit too
+            code = int(exit_.code)
     return code, stdout.getvalue().decode(), stderr.getvalue().decode()
 
 

@@ -1,0 +1,149 @@
+"""`collapse-probe check` exit codes and reports, `compare` and `embeddings`."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from collapse_probe.reports import ProbeResult, load_spectra, write_outputs
+from collapse_probe.result import Spectrum
+
+
+def _saved(tmp_path, name, z):
+    """A spectrum.json of embeddings ``z`` under tmp_path/name; returns (path, Spectrum)."""
+    s = Spectrum.from_embeddings(z, layer="fc")
+    paths = write_outputs(ProbeResult({"fc": s}, {"fc": "representation"}), tmp_path / name)
+    return paths["json"], s
+
+
+@pytest.fixture()
+def healthy_and_collapsed(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3000, 16, generator=g, dtype=torch.float64)
+    collapsed = z * torch.tensor([1.0] * 4 + [0.0] * 12, dtype=torch.float64)
+    return _saved(tmp_path, "healthy", z), _saved(tmp_path, "collapsed", collapsed)
+
+
+def test_check_exit_codes_on_saved_spectra(healthy_and_collapsed, invoke):
+    (healthy, h), (collapsed, c) = healthy_and_collapsed
+    code, stdout, _ = invoke(["check", healthy, "--min-effective-rank", "15", "--max-collapsed-fraction", "0"])
+    assert code == 0 and "2/2 checks passed" in stdout
+    code, stdout, _ = invoke(["check", collapsed, "--min-effective-rank", "15", "--max-collapsed-fraction", "0.5"])
+    assert code == 1
+    assert f"FAIL min-effective-rank [fc]: effective_rank = {c.effective_rank:.4g} (required >= 15)" in stdout
+    assert "FAIL max-collapsed-fraction [fc]: collapsed_fraction = 0.75 (required <= 0.5)" in stdout
+    code, stdout, _ = invoke(["check", collapsed, "--min-rankme", "3"])
+    assert code == (0 if c.rankme >= 3 else 1) and c.rankme >= 3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],  # no bound at all
+        ["--max-drop", "0.1"],  # max-drop without baseline
+        ["--max-collapsed-fraction", "2"],
+        ["--baseline", "missing.json", "--max-drop", "0.1"],
+    ],
+)
+def test_check_usage_errors_exit_2(healthy_and_collapsed, invoke, args):
+    (healthy, _), _ = healthy_and_collapsed
+    code, _, stderr = invoke(["check", healthy, *args])
+    assert code == 2 and stderr.startswith("Error:")
+
+
+def test_check_against_baseline(healthy_and_collapsed, invoke):
+    (healthy, h), (collapsed, c) = healthy_and_collapsed
+    code, _, _ = invoke(["check", healthy, "--baseline", healthy, "--max-drop", "0"])
+    assert code == 0
+    drop = 1 - c.effective_rank / h.effective_rank
+    code, stdout, _ = invoke(["check", collapsed, "--baseline", healthy, "--max-drop", f"{drop + 0.01:.4f}"])
+    assert "PASS max-drop [fc]: effective_rank" in stdout
+    code, stdout, _ = invoke(["check", collapsed, "--baseline", healthy, "--max-drop", f"{drop - 0.01:.4f}"])
+    assert code == 1 and "FAIL max-drop [fc]: effective_rank" in stdout
+
+
+def test_check_writes_json_and_junit(tmp_path, healthy_and_collapsed, invoke):
+    _, (collapsed, c) = healthy_and_collapsed
+    code, _, _ = invoke(["check", collapsed, "--min-effective-rank", "2", "--max-collapsed-fraction", "0.5",
+                         "--report-json", tmp_path / "r.json", "--junit-xml", tmp_path / "r.xml"])
+    assert code == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is False and report["n_checks"] == 2 and report["n_failed"] == 1
+    assert report["metrics"]["fc"]["effective_rank"] == pytest.approx(c.effective_rank, rel=1e-12)
+    suite = ET.parse(tmp_path / "r.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    assert len(suite.findall("testcase/failure")) == 1
+
+
+def test_check_on_checkpoint_and_data(tmp_path, checkpoints, image_folder, invoke, image_args):
+    args = ["check", checkpoints["pt"], "--arch", "resnet18", "--data", image_folder, *image_args]
+    code, stdout, _ = invoke([*args, "--max-collapsed-fraction", "1"])
+    assert code == 0
+    code, stdout, _ = invoke([*args, "--min-effective-rank", "1e6"])
+    assert code == 1 and "FAIL min-effective-rank [fc]" in stdout
+    code, _, stderr = invoke(["check", checkpoints["pt"], "--arch", "resnet18", "--min-rankme", "1"])
+    assert code == 2 and "--data" in stderr
+
+
+def test_compare_probes_checkpoints_in_one_pass(tmp_path, checkpoints, image_folder, invoke, image_args,
+                                                monkeypatch, healthy_and_collapsed):
+    import collapse_probe.reports as reports
+
+    calls = []
+    real = reports.spectrum
+    monkeypatch.setattr(reports, "spectrum", lambda *a, **k: calls.append(k["layers"]) or real(*a, **k))
+    (healthy, h), _ = healthy_and_collapsed
+    code, stdout, stderr = invoke(["compare", checkpoints["pt"], checkpoints["safetensors"], healthy,
+                                   "--arch", "resnet18", "--data", image_folder, "--out", tmp_path / "cmp",
+                                   *image_args[:-1]])
+    assert code == 0, stderr
+    assert calls == [["models.m0.fc", "models.m1.fc"]]  # both models, one pass, one batched solve
+    rows = [line.split()[0] for line in stdout.strip().splitlines()[1:]]
+    assert rows == ["plain.pt:fc", "plain.safetensors:fc", "spectrum.json:fc"]
+    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"compare.png", "compare.csv", "compare.json"}
+    document = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    a, b = (document["layers"][k]["eigenvalues"] for k in ("plain.pt:fc", "plain.safetensors:fc"))
+    assert a == b  # same weights, same images
+
+
+def test_compare_saved_spectra_needs_no_data(tmp_path, healthy_and_collapsed, invoke):
+    (healthy, h), (collapsed, c) = healthy_and_collapsed
+    code, stdout, _ = invoke(["compare", healthy, collapsed, "--json", "--out", tmp_path / "c"])
+    assert code == 0
+    metrics = json.loads(stdout)
+    assert metrics[f"{healthy}:fc"]["effective_rank"] == pytest.approx(h.effective_rank, rel=1e-12)
+    assert metrics[f"{collapsed}:fc"]["collapsed_dims"] == 12
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt", ".safetensors"])
+def test_embeddings_command_matches_from_embeddings(tmp_path, invoke, suffix):
+    z = np.random.default_rng(0).normal(size=(500, 6)) @ np.diag([3.0, 2.0, 1.0, 0.5, 0.1, 0.0])
+    path = tmp_path / f"z{suffix}"
+    if suffix == ".npy":
+        np.save(path, z)
+    elif suffix == ".pt":
+        torch.save({"embeddings": torch.from_numpy(z)}, path)
+    else:
+        save_file({"z": torch.from_numpy(z)}, str(path))
+    code, stdout, _ = invoke(["embeddings", path, "--json", "--out", tmp_path / "out"])
+    assert code == 0
+    got = json.loads(stdout)["metrics"]["z"]
+    # independent reference: numpy float64 covariance eigenvalues -> effective rank of sqrt(lambda)
+    eig = np.clip(np.linalg.eigvalsh(np.cov(z, rowvar=False)), 0, None)
+    p = np.sqrt(eig[eig > 0]) / np.sqrt(eig[eig > 0]).sum()
+    assert got["effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    assert got["collapsed_dims"] == 1
+    assert load_spectra(tmp_path / "out" / "spectrum.json").spectra["z"].dim == 6
+
+
+def test_embeddings_errors(tmp_path, invoke):
+    np.save(tmp_path / "one_d.npy", np.zeros(10))
+    code, _, stderr = invoke(["embeddings", tmp_path / "one_d.npy"])
+    assert code == 2 and "(N, d)" in stderr
+    code, _, stderr = invoke(["embeddings", tmp_path / "none.npy"])
+    assert code == 2
