@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 
 import click
+from collapse_probe_cli.errors import run_cli
 
 from collapse_probe import __version__
-from collapse_probe_cli.errors import run_cli
 
 COMMAND_MODULES = (
     # (module under collapse_probe_cli, attribute): one entry per command or group
+    ("demo", "demo"),
     ("spectrum", "spectrum"),
     ("layers", "layers"),
     ("compare", "compare"),

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from collapse_probe import CollapseProbeError, CovarianceAccumulator, NonFiniteEmbeddingError, Spectrum
+from collapse_probe import (
+    CollapseProbeError,
+    CovarianceAccumulator,
+    NonFiniteEmbeddingError,
+    Spectrum,
+)
 
 
 def known_spectrum_data(n: int = 20_000, d: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
