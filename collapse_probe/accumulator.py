@@ -189,15 +189,16 @@ class CovarianceAccumulator:
             n_batch = weights.sum()
         else:
             weights = None
-            n_batch = torch.tensor(float(values.shape[0]), dtype=self.dtype, device=self.device)
+            n_batch = float(values.shape[0])  # known on the host: no host-to-device copy
         if self.normalize:
             values.copy_(F.normalize(values, dim=1))
         self._merge_batch(rows, n_batch, weights)
 
-    def _merge_batch(self, rows: torch.Tensor, n_batch: torch.Tensor, weights: torch.Tensor | None) -> None:
+    def _merge_batch(self, rows: torch.Tensor, n_batch: torch.Tensor | float, weights: torch.Tensor | None) -> None:
         """Chan update with this batch; ``rows[:-1]`` holds it, ``rows[-1]`` is scratch."""
         values = rows[:-1]
-        batch_mean = values.sum(dim=0) / torch.clamp(n_batch, min=1.0)
+        safe_n_batch = torch.clamp(n_batch, min=1.0) if isinstance(n_batch, torch.Tensor) else max(n_batch, 1.0)
+        batch_mean = values.sum(dim=0) / safe_n_batch
         values.sub_(batch_mean)
         if weights is not None:
             values.mul_(weights)
