@@ -258,12 +258,15 @@ class CovarianceAccumulator:
         dist.all_reduce(m2, group=group)
         nonfinite = self.nonfinite_rows.clone()
         dist.all_reduce(nonfinite, group=group)
+        batches = torch.tensor(self.batches_seen, device=self.device)
+        dist.all_reduce(batches, group=group)
         first_bad_encoded = torch.where(
             self.first_bad_batch == NO_BAD_BATCH, self.first_bad_batch, self.first_bad_batch * world + rank
         )
         dist.all_reduce(first_bad_encoded, op=dist.ReduceOp.MIN, group=group)
         self.count, self.mean, self.m2 = count, mean, m2.contiguous()
         self.nonfinite_rows = nonfinite
+        self.batches_seen = int(batches)
         self.first_bad_batch = first_bad_encoded
         self._bad_batch_world = world
         self._synced = True

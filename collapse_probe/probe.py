@@ -73,10 +73,32 @@ def _progress(loader: Iterable, enabled: bool) -> Iterable:
     return tqdm(loader, total=total, desc="probing", unit="batch", file=sys.stderr, leave=False)
 
 
+def _is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _is_main_process() -> bool:
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _is_distributed() or dist.get_rank() == 0
+
+
+def _agree_on_dimensions(
+    accumulators: dict[str, CovarianceAccumulator], keys: list[str], batches: int, device: torch.device, **conventions: Any
+) -> None:
+    """Give ranks whose shard was empty an empty accumulator of the right size, so every rank
+    joins the same all-reduces (one rank with no data must not hang the others)."""
+    import torch.distributed as dist
+
+    sizes = torch.tensor([batches] + [accumulators[k].dim if k in accumulators else 0 for k in keys], device=device)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
+    if int(sizes[0]) == 0:
+        raise CollapseProbeError("the loader yielded no batches on any rank")
+    for key, dim in zip(keys, sizes[1:].tolist(), strict=True):
+        if key not in accumulators and dim > 0:
+            accumulators[key] = CovarianceAccumulator(dim, device=device, layer=None if key == OUTPUT else key, **conventions)
 
 
 def spectrum(
@@ -177,13 +199,15 @@ def spectrum(
                 accumulate(OUTPUT, output)
             budget["remaining"] -= budget.pop("batch_rows", 0)
             batches += 1
-    if batches == 0:
+    keys = names or [OUTPUT]
+    if _is_distributed():
+        _agree_on_dimensions(accumulators, keys, batches, device, center=center, normalize=normalize,
+                             skip_nonfinite=skip_nonfinite)
+    elif batches == 0:
         raise CollapseProbeError("the loader yielded no batches")
     missing = [name for name in names if name not in accumulators]
     if missing:
         raise CollapseProbeError(f"layers {missing} never ran during the forward pass; pick modules on the forward path")
-
-    keys = names or [OUTPUT]
     for key in keys:
         accumulators[key].sync()
     solved = solve_spectra([accumulators[key] for key in keys])

@@ -27,7 +27,11 @@ def _worker(rank: int, world: int, port: int, data: torch.Tensor, out_dir: str) 
         shard = data[rank::world]  # uneven shards on purpose: 301 rows over 2 ranks
         batches = [shard[i : i + 17] for i in range(0, len(shard), 17)]
         result = spectrum(model, batches, layers=["0", "2"], progress=False)
-        torch.save({k: v.eigenvalues for k, v in result.items()} | {"n": result["2"].n_samples}, f"{out_dir}/rank{rank}.pt")
+        lopsided = spectrum(model, [data] if rank == 0 else [], progress=False)  # rank 1 has no data
+        torch.save(
+            {k: v.eigenvalues for k, v in result.items()} | {"n": result["2"].n_samples, "lopsided": lopsided.eigenvalues},
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -47,3 +51,5 @@ def test_two_gloo_processes_match_single_process_reference(tmp_path):
         np.testing.assert_allclose(results[0][layer].numpy()[large], expected[large], rtol=1e-6)
         assert torch.equal(results[0][layer], results[1][layer])
     assert results[0]["n"] == results[1]["n"] == 301
+    assert torch.equal(results[0]["lopsided"], results[1]["lopsided"])
+    np.testing.assert_allclose(results[1]["lopsided"].numpy(), results[0]["2"].numpy(), rtol=1e-9)
