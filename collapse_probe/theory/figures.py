@@ -62,7 +62,7 @@ def plot_two_layer(result: TwoLayerResult) -> Figure:
         (result.w2_singular_values, "singular values of W2"),
         (result.embedding_eigenvalues, "embedding covariance eigenvalues"),
     )
-    for ax, (values, title) in zip(axes, panels):
+    for ax, (values, title) in zip(axes, panels, strict=True):
         ax.plot(steps, _log10(values), lw=1)
         ax.set(title=title, xlabel="SGD step", ylabel="log10 value")
     c = result.config
@@ -101,7 +101,7 @@ def plot_depth(result: DepthResult) -> Figure:
     fig = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     index = torch.arange(1, result.config.dim + 1)
-    for ax, relu in zip(axes, panels):
+    for ax, relu in zip(axes, panels, strict=True):
         for run in result.runs:
             if run.relu == relu:
                 label = f"{run.depth} layer{'s' if run.depth > 1 else ''} (erank {run.final.effective_rank:.1f})"

@@ -22,7 +22,12 @@ import torch
 
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.result import Spectrum
-from collapse_probe.theory.linear import LinearChain, decaying_init, gaussian_inputs, train_contrastive
+from collapse_probe.theory.linear import (
+    LinearChain,
+    decaying_init,
+    gaussian_inputs,
+    train_contrastive,
+)
 from collapse_probe.theory.quantities import (
     alignment_error,
     alignment_matrix,
@@ -118,6 +123,7 @@ class StrongAugResult:
     """Per noise level (rows, in ``config.noise_levels`` order), after training.
 
     Attributes:
+        weights: (L, d, d) the final W per level, float64.
         weight_singular_values: (L, d) singular values of W, descending, float64.
         spectra: L covariance spectra of the embeddings W x of the clean training inputs.
         initial_x_eigenvalues, x_eigenvalues: (L, d) eigenvalues (descending) of Lemma 1's X at
@@ -128,6 +134,7 @@ class StrongAugResult:
     """
 
     config: StrongAugConfig
+    weights: torch.Tensor
     weight_singular_values: torch.Tensor
     spectra: list[Spectrum]
     initial_x_eigenvalues: torch.Tensor
@@ -202,10 +209,11 @@ def simulate_strong_augmentation(config: StrongAugConfig | None = None) -> Stron
     final_w = [m.matrices()[0] for m in models]
     return StrongAugResult(
         config=config,
+        weights=torch.stack([w.double().cpu() for w in final_w]),
         weight_singular_values=torch.stack([_svdvals(w) for w in final_w]),
-        spectra=[_spectrum(m, data, f"noise={n:g}") for m, n in zip(models, config.noise_levels)],
+        spectra=[_spectrum(m, data, f"noise={n:g}") for m, n in zip(models, config.noise_levels, strict=True)],
         initial_x_eigenvalues=torch.stack([_mean_x_eigenvalues(w0, data, std, config, generator) for std in noise_std]),
-        x_eigenvalues=torch.stack([_mean_x_eigenvalues(w, data, std, config, generator) for w, std in zip(final_w, noise_std)]),
+        x_eigenvalues=torch.stack([_mean_x_eigenvalues(w, data, std, config, generator) for w, std in zip(final_w, noise_std, strict=True)]),
         losses=losses,
         seconds=seconds,
     )
@@ -412,7 +420,7 @@ def simulate_depth(config: DepthConfig | None = None) -> DepthResult:
     layers = [decaying_init(config.dim, decay=config.init_decay, generator=generator, device=device) for _ in range(max(config.depths))]
     pairs = [(depth, relu) for relu in config.relu for depth in config.depths]
     models = [LinearChain(layers[:depth], relu=relu).to(device) for depth, relu in pairs]
-    initial = [_spectrum(m, data, f"depth={d} relu={r}") for m, (d, r) in zip(models, pairs)]
+    initial = [_spectrum(m, data, f"depth={d} relu={r}") for m, (d, r) in zip(models, pairs, strict=True)]
     start = time.perf_counter()
     losses = train_contrastive(
         models, data, torch.full((len(models), config.dim), config.noise, device=device), steps=config.steps,
