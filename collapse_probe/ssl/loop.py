@@ -153,13 +153,18 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
     if ckpt is not None and ckpt["arch"] != arch:
         raise CollapseProbeError(f"--resume: the checkpoint's architecture {ckpt['arch']} differs from this run's {arch}")
     stream = train_stream(config, dist, device)  # checks the data before any training
-    head = nn.Linear(arch["rep_dim"], stream.num_classes) if config.online_probe else None
+    head = None
+    if config.online_probe:  # BN without affine first, so one learning rate suits any feature scale
+        head = nn.Sequential(nn.BatchNorm1d(arch["rep_dim"], affine=False), nn.Linear(arch["rep_dim"], stream.num_classes))
     net = _TrainNet(model, head).to(device)
     cuda = device.type == "cuda"
     if config.channels_last:  # faster convolutions on CUDA and, measured, on this CPU too
         net = net.to(memory_format=torch.channels_last)
+    groups = lars_param_groups([model], config.weight_decay)
+    if head is not None:  # plain momentum SGD for the online classifier: no LARS scaling, no decay
+        groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lars": False, "lr": config.online_lr})
     optimizer = LARS(
-        lars_param_groups([net], config.weight_decay), lr=config.lr, weight_decay=config.weight_decay,
+        groups, lr=config.lr, weight_decay=config.weight_decay,
         momentum=config.momentum, trust_coefficient=config.trust_coefficient,
     )
     steps_per_epoch = len(stream)
