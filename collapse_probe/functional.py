@@ -15,7 +15,6 @@ Conventions used throughout:
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -254,7 +253,3 @@ def mean_std_of_normalized(variances: torch.Tensor) -> float:
     """
     return float(torch.sqrt(variances.clamp_min(0.0)).mean())
 
-
-def log_eigenvalue_floor(dtype: torch.dtype = torch.float64) -> float:
-    """The smallest positive value plots use in place of exact zeros (log scale)."""
-    return math.ldexp(1.0, torch.finfo(dtype).minexp)

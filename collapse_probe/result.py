@@ -153,11 +153,12 @@ class Spectrum:
         """
         if fit_range is None:
             fit_range = (1, self.numerical_rank())
-        if fit_range[1] - fit_range[0] < 1 or fit_range[1] > self.dim:
-            if fit_range[1] > self.dim:
-                raise CollapseProbeError(f"fit_range {fit_range} exceeds the dimension {self.dim}")
-            return cpf.PowerLawFit(math.nan, math.nan, math.nan, *fit_range)
-        return cpf.power_law_fit(self.eigenvalues, fit_range)
+            if fit_range[1] < 2:
+                return cpf.PowerLawFit(math.nan, math.nan, math.nan, *fit_range)
+        try:
+            return cpf.power_law_fit(self.eigenvalues, fit_range)
+        except ValueError as error:
+            raise CollapseProbeError(str(error)) from None
 
     @property
     def std_of_l2_normalized(self) -> float | None:

@@ -104,3 +104,11 @@ def test_frames_and_plot():
     ax = plot_spectra({"a": a, "b": b})
     assert len(ax.get_lines()) == 2 and ax.get_yscale() == "log"
     assert len(ax.get_lines()[1].get_xdata()) == 2  # exact zeros left off the log axis
+
+
+def test_alpha_fit_range_errors_are_clear():
+    from collapse_probe import CollapseProbeError
+
+    s = spectrum_of([1.0, 0.5, 0.25])
+    with pytest.raises(CollapseProbeError, match="fit_range"):
+        s.alpha_req(fit_range=(2, 9))
