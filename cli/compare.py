@@ -7,7 +7,7 @@ import json
 import click
 from collapse_probe_cli import options
 
-from collapse_probe.reports import compare_sources, format_table, write_comparison
+from collapse_probe.reports import compare_sources, finite_metrics, format_table, write_comparison
 
 
 @click.command("compare")
@@ -34,7 +34,7 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
     config = options.probe_config(probe_values, quiet_run=quiet) if needs_data else None
     spectra, roles = compare_sources(sources, config)
     if as_json:
-        click.echo(json.dumps({name: s.metrics() for name, s in spectra.items()}, default=str))
+        click.echo(json.dumps({name: finite_metrics(s) for name, s in spectra.items()}))
     elif not quiet:
         click.echo(format_table(spectra, roles))
     if out is not None:

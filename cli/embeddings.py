@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,8 +10,8 @@ from collapse_probe_cli import options
 from collapse_probe.reports import (
     ProbeResult,
     format_table,
+    json_report,
     load_embeddings,
-    spectra_document,
     write_outputs,
 )
 from collapse_probe.result import Spectrum
@@ -42,8 +41,7 @@ def embeddings(file: str, key: str | None, name: str | None, center: bool, norma
     result = ProbeResult({label: Spectrum.from_embeddings(z, center=center, normalize=normalize, layer=label)},
                          source={"embeddings": str(file), "shape": list(z.shape)})
     if as_json:
-        click.echo(json.dumps(spectra_document(result) | {"metrics": {n: s.metrics() for n, s in result.spectra.items()}},
-                              default=str))
+        click.echo(json_report(result))
     elif not quiet:
         click.echo(format_table(result.spectra))
     if out is not None:

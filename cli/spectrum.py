@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 from collapse_probe_cli import options
 
-from collapse_probe.reports import format_table, probe_checkpoint, spectra_document, write_outputs
+from collapse_probe.reports import format_table, json_report, probe_checkpoint, write_outputs
 
 
 @click.command("spectrum")
@@ -41,8 +39,7 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
     if skipped and not quiet:
         click.echo(f"skipped {skipped} unreadable image(s) of {result.source['n_images']}", err=True)
     if as_json:
-        click.echo(json.dumps(spectra_document(result) | {"metrics": {n: s.metrics() for n, s in result.spectra.items()}},
-                              default=str))
+        click.echo(json_report(result))
     elif not quiet:
         click.echo(format_table(result.spectra, result.roles))
     if out is not None:

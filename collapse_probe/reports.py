@@ -266,6 +266,12 @@ def spectra_document(result: ProbeResult) -> dict[str, Any]:
             "roles": result.roles, "source": result.source}
 
 
+def json_report(result: ProbeResult) -> str:
+    """:func:`spectra_document` plus a ``metrics`` block per layer, as strict JSON (NaN -> null)."""
+    document = spectra_document(result) | {"metrics": {n: s.metrics() for n, s in result.spectra.items()}}
+    return json.dumps(_finite(document))
+
+
 def load_spectra(path: str | Path) -> ProbeResult:
     """Read ``spectrum.json`` (spectra-v1) or a single :meth:`Spectrum.save` file."""
     path = Path(path)
@@ -305,6 +311,11 @@ def write_plot(spectra: Mapping[str, Spectrum], path: str | Path) -> Path:
     ax = plot_spectra(spectra)
     ax.figure.savefig(path, dpi=120)
     return Path(path)
+
+
+def finite_metrics(s: Spectrum) -> dict[str, Any]:
+    """``s.metrics()`` with NaN/inf as None, ready for strict JSON."""
+    return _finite(s.metrics())
 
 
 def _finite(value: Any) -> Any:
