@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     ("check", "check"),
     ("train", "train"),
     ("evaluate", "eval_group"),
+    ("theory", "theory"),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
+from collapse_probe.theory.quantities import matched_alignment
 from collapse_probe.theory.simulate import DepthResult, StrongAugResult, TwoLayerResult
 
 __all__ = ["plot_alignment", "plot_depth", "plot_strong_augmentation", "plot_two_layer"]
@@ -71,22 +72,31 @@ def plot_two_layer(result: TwoLayerResult) -> Figure:
 
 
 def plot_alignment(result: TwoLayerResult) -> Figure:
-    """Figure 5: the final ``|A|``, ``A = V2^T U1``, as a heat map (identity = perfectly aligned).
+    """Figure 5: the final ``|A|`` (``A = V2^T U1``), the same with W1's singular vectors paired to
+    W2's (:func:`~collapse_probe.theory.quantities.matched_alignment`), and both errors over training.
 
     >>> from collapse_probe.theory.simulate import TwoLayerConfig, simulate_two_layer
     >>> len(plot_alignment(simulate_two_layer(TwoLayerConfig(steps=10, n_samples=300))).axes)
-    2
+    4
     """
-    fig = Figure(figsize=(4.2, 3.6), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(result.alignment.abs().numpy(), vmin=0, vmax=1, cmap="viridis")
-    fig.colorbar(image, ax=ax, label="|A_ij|")
-    ax.set(
-        title=f"|A| at step {int(result.steps[-1])}, || |A| - I ||_F = {float(result.alignment_errors[-1]):.2f}",
-        xlabel="j (W1 left singular vector)",
-        ylabel="i (W2 right singular vector)",
-    )
-    ax.title.set_fontsize(9)
+    fig = Figure(figsize=(12, 3.7), layout="constrained")
+    ax_raw, ax_matched, ax_trace = fig.subplots(1, 3)
+    magnitude = result.alignment.abs()
+    perm, matched_error = matched_alignment(result.alignment)
+    for ax, values, title, xlabel in (
+        (ax_raw, magnitude, f"|A|, sorted SVDs: error {float(result.alignment_errors[-1]):.2f}", "j (W1 left singular vector)"),
+        (ax_matched, magnitude[:, perm], f"|A|, W1 vectors paired: error {matched_error:.2f}", "W1 left singular vector paired with row i"),
+    ):
+        image = ax.imshow(values.numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax.set(title=title, xlabel=xlabel, ylabel="i (W2 right singular vector)")
+        ax.title.set_fontsize(9)
+    fig.colorbar(image, ax=[ax_raw, ax_matched], label="|A_ij|", shrink=0.9)
+    ax_trace.plot(result.steps, result.alignment_errors, label="|| |A| - I ||_F")
+    ax_trace.plot(result.steps, result.matched_alignment_errors, label="after pairing")
+    ax_trace.set(title="alignment error over training", xlabel="SGD step", ylabel="Frobenius norm", ylim=(0, None))
+    ax_trace.title.set_fontsize(9)
+    ax_trace.legend(fontsize=8)
+    fig.suptitle(f"Alignment A = V2^T U1 of z = W2 W1 x at step {int(result.steps[-1])}", fontsize=10)
     return fig
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "Lemma2Terms",
@@ -26,6 +27,7 @@ __all__ = [
     "conserved_quantity",
     "infonce_x_matrix",
     "lemma2_terms",
+    "matched_alignment",
 ]
 
 
@@ -171,3 +173,22 @@ def alignment_error(a: torch.Tensor) -> float:
     eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
     return float(torch.linalg.matrix_norm(a.abs() - eye))
 
+
+
+def matched_alignment(a: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Pair each row of A with one column so that ``sum |A[i, perm[i]]|`` is largest; return (perm, error).
+
+    ``error = || |A[:, perm]| - I ||_F``. When W1 and W2 have clusters of nearly equal singular
+    values, their sorted orders can differ inside a cluster and ``|A|`` converges to a
+    *permutation* instead of the identity: the directions are aligned, only their ranks differ.
+    This error measures the alignment of directions; :func:`alignment_error` also demands the
+    same order.
+
+    >>> perm, error = matched_alignment(torch.tensor([[0.0, -1.0], [1.0, 0.0]]))
+    >>> perm.tolist(), error
+    ([1, 0], 0.0)
+    """
+    magnitude = a.abs().double().cpu()
+    _, columns = linear_sum_assignment(magnitude.numpy(), maximize=True)
+    perm = torch.as_tensor(columns, dtype=torch.long)
+    return perm, alignment_error(magnitude[:, perm])

@@ -33,6 +33,7 @@ from collapse_probe.theory.quantities import (
     alignment_matrix,
     conserved_quantity,
     infonce_x_matrix,
+    matched_alignment,
 )
 
 __all__ = [
@@ -50,8 +51,8 @@ __all__ = [
 
 # Seconds on a 2-core CPU are in docs/theory.md; the paper used 10,000 steps for every simulation.
 STRONG_AUG_STEPS = 2000
-TWO_LAYER_STEPS = 3000
-DEPTH_STEPS = 2000
+TWO_LAYER_STEPS = 2000
+DEPTH_STEPS = 1000
 
 
 def _check(condition: bool, message: str) -> None:
@@ -246,6 +247,8 @@ class TwoLayerResult:
         embedding_eigenvalues: (T, d) covariance eigenvalues of ``W2 W1 x`` on the clean inputs
             (centred, ddof 1, float64), descending.
         alignment_errors: (T,) ``|| |A| - I ||_F`` with ``A = V2^T U1``.
+        matched_alignment_errors: (T,) the same after the best one-to-one pairing of W2's and
+            W1's singular vectors (:func:`~collapse_probe.theory.quantities.matched_alignment`).
         conserved_drift: (T,) ``||C(t) - C(0)||_F / ||C(0)||_F`` with ``C = W1 W1^T - W2^T W2``.
         alignment: (d, d) the final A.
         spectrum: the final embedding spectrum.
@@ -258,6 +261,7 @@ class TwoLayerResult:
     w2_singular_values: torch.Tensor
     embedding_eigenvalues: torch.Tensor
     alignment_errors: torch.Tensor
+    matched_alignment_errors: torch.Tensor
     conserved_drift: torch.Tensor
     alignment: torch.Tensor
     spectrum: Spectrum
@@ -272,7 +276,7 @@ class TwoLayerResult:
             "config": asdict(self.config),
             "conventions": {
                 "embedding_eigenvalues": "centred covariance of W2 W1 x over the clean training inputs, ddof 1, float64",
-                "alignment": "A = V2^T U1 from float64 SVDs (descending); error = || |A| - I ||_F",
+                "alignment": "A = V2^T U1 from float64 SVDs (descending); error = || |A| - I ||_F; matched: after the best pairing of rows and columns",
                 "conserved_drift": "||C(t) - C(0)||_F / ||C(0)||_F, C = W1 W1^T - W2^T W2",
             },
             "seconds": self.seconds,
@@ -282,6 +286,7 @@ class TwoLayerResult:
                 "w2_singular_values": self.w2_singular_values[-1].tolist(),
                 "embedding_eigenvalues": self.embedding_eigenvalues[-1].tolist(),
                 "alignment_error": float(self.alignment_errors[-1]),
+                "matched_alignment_error": float(self.matched_alignment_errors[-1]),
                 "conserved_drift": float(self.conserved_drift[-1]),
                 "alignment_abs": self.alignment.abs().tolist(),
                 "metrics": {k: metrics[k] for k in ("effective_rank", "collapsed_dims", "rtol")},
@@ -292,6 +297,7 @@ class TwoLayerResult:
                 "w2_singular_values": self.w2_singular_values.tolist(),
                 "embedding_eigenvalues": self.embedding_eigenvalues.tolist(),
                 "alignment_errors": self.alignment_errors.tolist(),
+                "matched_alignment_errors": self.matched_alignment_errors.tolist(),
                 "conserved_drift": self.conserved_drift.tolist(),
             },
         }
@@ -312,7 +318,7 @@ def simulate_two_layer(config: TwoLayerConfig | None = None) -> TwoLayerResult:
     c0 = conserved_quantity(w1, w2)
     c0_norm = float(torch.linalg.matrix_norm(c0))
     exact_data = data.double()
-    records: dict[str, list] = {k: [] for k in ("steps", "s1", "s2", "eig", "align", "drift")}
+    records: dict[str, list] = {k: [] for k in ("steps", "s1", "s2", "eig", "align", "matched", "drift")}
 
     def record(step: int) -> None:
         w1, w2 = (w.double() for w in model.matrices())
@@ -322,7 +328,9 @@ def simulate_two_layer(config: TwoLayerConfig | None = None) -> TwoLayerResult:
         records["s1"].append(_svdvals(w1))
         records["s2"].append(_svdvals(w2))
         records["eig"].append(spectrum.eigenvalues)
-        records["align"].append(alignment_error(alignment_matrix(w1, w2)))
+        a = alignment_matrix(w1, w2)
+        records["align"].append(alignment_error(a))
+        records["matched"].append(matched_alignment(a)[1])
         records["drift"].append(float(torch.linalg.matrix_norm(conserved_quantity(w1, w2) - c0)) / c0_norm)
 
     start = time.perf_counter()
@@ -340,6 +348,7 @@ def simulate_two_layer(config: TwoLayerConfig | None = None) -> TwoLayerResult:
         w2_singular_values=torch.stack(records["s2"]),
         embedding_eigenvalues=torch.stack(records["eig"]),
         alignment_errors=torch.tensor(records["align"], dtype=torch.float64),
+        matched_alignment_errors=torch.tensor(records["matched"], dtype=torch.float64),
         conserved_drift=torch.tensor(records["drift"], dtype=torch.float64),
         alignment=alignment_matrix(final_w1, final_w2).cpu(),
         spectrum=_spectrum(model, data, "W2 W1 x"),
