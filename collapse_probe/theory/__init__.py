@@ -1,1 +1,58 @@
-"""The paper's linear-model simulations (Jing et al. 2022, sections 4 and 5)."""
+"""The paper's linear-model simulations (Jing et al. 2022, sections 4 and 5).
+
+* :mod:`~collapse_probe.theory.quantities` -- Lemma 1's X (``dL/dW = -W X``), Lemma 2's split
+  ``X = Sigma0_hat - Sigma1_hat (- residual)``, the conserved ``W1 W1^T - W2^T W2``, the alignment
+  ``A = V2^T U1``.
+* :mod:`~collapse_probe.theory.linear` -- toy encoders and the one InfoNCE/SGD loop.
+* :mod:`~collapse_probe.theory.simulate` -- ``simulate_strong_augmentation``,
+  ``simulate_two_layer``, ``simulate_depth``: a config dataclass in, a result dataclass out.
+* :mod:`~collapse_probe.theory.figures` and :mod:`~collapse_probe.theory.report` -- figures and
+  files (imported on demand: they load matplotlib).
+
+>>> from collapse_probe.theory import StrongAugConfig, simulate_strong_augmentation
+>>> result = simulate_strong_augmentation(StrongAugConfig(noise_levels=(0.0,), steps=5, n_samples=200))
+>>> result.weight_singular_values.shape
+torch.Size([1, 16])
+"""
+
+from collapse_probe.theory.quantities import (
+    Lemma2Terms,
+    alignment_error,
+    alignment_matrix,
+    conserved_quantity,
+    infonce_x_matrix,
+    lemma2_terms,
+    matched_alignment,
+)
+from collapse_probe.theory.simulate import (
+    DepthConfig,
+    DepthResult,
+    DepthRun,
+    StrongAugConfig,
+    StrongAugResult,
+    TwoLayerConfig,
+    TwoLayerResult,
+    simulate_depth,
+    simulate_strong_augmentation,
+    simulate_two_layer,
+)
+
+__all__ = [
+    "DepthConfig",
+    "DepthResult",
+    "DepthRun",
+    "Lemma2Terms",
+    "StrongAugConfig",
+    "StrongAugResult",
+    "TwoLayerConfig",
+    "TwoLayerResult",
+    "alignment_error",
+    "alignment_matrix",
+    "conserved_quantity",
+    "infonce_x_matrix",
+    "lemma2_terms",
+    "matched_alignment",
+    "simulate_depth",
+    "simulate_strong_augmentation",
+    "simulate_two_layer",
+]

@@ -14,6 +14,7 @@ from collapse_probe.theory.quantities import (
     conserved_quantity,
     infonce_x_matrix,
     lemma2_terms,
+    matched_alignment,
 )
 
 F64 = torch.float64
@@ -140,3 +141,17 @@ def test_theorem2_and_3_under_the_two_layer_flow(seed: int) -> None:
     assert growth[0] > 2.0 and growth[1:].max() < 1.0, growth
     drift = torch.linalg.matrix_norm(conserved_quantity(w1, w2) - c0) / torch.linalg.matrix_norm(c0)
     assert drift < 0.01
+
+
+def test_matched_alignment_finds_the_best_permutation_by_brute_force() -> None:
+    import itertools
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=F64))[0]
+    perm, error = matched_alignment(q)
+    best = max(itertools.permutations(range(5)), key=lambda p: float(q.abs()[range(5), list(p)].sum()))
+    assert perm.tolist() == list(best)
+    assert error == pytest.approx(float(torch.linalg.matrix_norm(q.abs()[:, list(best)] - torch.eye(5, dtype=F64))))
+    # a signed permutation is perfectly aligned up to order
+    signed = -torch.eye(4, dtype=F64)[[2, 0, 3, 1]]
+    assert matched_alignment(signed)[1] == 0.0 and alignment_error(signed) > 2.0
