@@ -60,6 +60,16 @@ def _check(condition: bool, message: str) -> None:
         raise CollapseProbeError(message)
 
 
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CollapseProbeError(f"unknown device {name!r}: use cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CollapseProbeError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return device
+
+
 @dataclass(frozen=True)
 class _Common:
     dim: int = 16
@@ -76,10 +86,11 @@ class _Common:
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         _check(steps >= 0, f"steps must be >= 0, got {steps}")
         _check(lr > 0, f"lr must be > 0, got {lr}")
+        _device(self.device)
 
 
 def _setup(config: _Common) -> tuple[torch.device, torch.Generator, torch.Tensor]:
-    device = torch.device(config.device)
+    device = _device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     data = gaussian_inputs(config.n_samples, config.dim, generator=generator, device=device)
     return device, generator, data

@@ -50,7 +50,7 @@ def test_two_layer_without_depth_sweep(tmp_path) -> None:
     assert json.loads((tmp_path / "theory_two_layer.json").read_text())["depth"] is None
 
 
-@pytest.mark.parametrize("args", [["--noise-from", "16"], ["--dim", "4", "--noise-from", "4"]])
+@pytest.mark.parametrize("args", [["--noise-from", "16"], ["--dim", "4", "--noise-from", "4"], ["--device", "gpu0"]])
 def test_bad_settings_exit_2_with_one_line(tmp_path, args) -> None:
     code, _, err = _invoke(["theory", "strong-aug", "--out", str(tmp_path), "--steps", "1", *args])
     assert code == 2
