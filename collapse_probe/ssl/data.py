@@ -49,8 +49,9 @@ def normalization(data: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def builtin_tensors(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A built-in split as ``(uint8 images (N, 3, H, W), int64 labels (N,))``."""
     dataset = builtin_dataset(data, split=split)
-    images = np.stack([np.asarray(dataset[i][0]) for i in range(len(dataset))])  # (N, H, W, 3)
-    labels = torch.as_tensor([dataset[i][1] for i in range(len(dataset))], dtype=torch.int64)
+    pairs = [dataset[i] for i in range(len(dataset))]
+    images = np.stack([np.asarray(image) for image, _ in pairs])  # (N, H, W, 3)
+    labels = torch.as_tensor([label for _, label in pairs], dtype=torch.int64)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
 
 
