@@ -7,12 +7,11 @@ from typing import Any
 
 import click
 
+from collapse_probe.theory.depth import DEPTH_STEPS, DepthConfig
 from collapse_probe.theory.report import TheoryReport, strong_augmentation_report, two_layer_report
 from collapse_probe.theory.simulate import (
-    DEPTH_STEPS,
     STRONG_AUG_STEPS,
     TWO_LAYER_STEPS,
-    DepthConfig,
     StrongAugConfig,
     TwoLayerConfig,
 )

@@ -13,8 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from collapse_probe.theory.depth import DepthConfig
 from collapse_probe.theory.report import strong_augmentation_report, two_layer_report
-from collapse_probe.theory.simulate import DepthConfig, StrongAugConfig, TwoLayerConfig
+from collapse_probe.theory.simulate import StrongAugConfig, TwoLayerConfig
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 DPI = 80  # keeps every PNG well under 200 KB

@@ -4,8 +4,9 @@
   ``X = Sigma0_hat - Sigma1_hat (- residual)``, the conserved ``W1 W1^T - W2^T W2``, the alignment
   ``A = V2^T U1``.
 * :mod:`~collapse_probe.theory.linear` -- toy encoders and the one InfoNCE/SGD loop.
-* :mod:`~collapse_probe.theory.simulate` -- ``simulate_strong_augmentation``,
-  ``simulate_two_layer``, ``simulate_depth``: a config dataclass in, a result dataclass out.
+* :mod:`~collapse_probe.theory.simulate` and :mod:`~collapse_probe.theory.depth` --
+  ``simulate_strong_augmentation``, ``simulate_two_layer``, ``simulate_depth``: a config
+  dataclass in, a result dataclass out (shared settings in :mod:`~collapse_probe.theory.setting`).
 * :mod:`~collapse_probe.theory.figures` and :mod:`~collapse_probe.theory.report` -- figures and
   files (imported on demand: they load matplotlib).
 
@@ -15,6 +16,7 @@
 torch.Size([1, 16])
 """
 
+from collapse_probe.theory.depth import DepthConfig, DepthResult, DepthRun, simulate_depth
 from collapse_probe.theory.quantities import (
     Lemma2Terms,
     alignment_error,
@@ -25,14 +27,10 @@ from collapse_probe.theory.quantities import (
     matched_alignment,
 )
 from collapse_probe.theory.simulate import (
-    DepthConfig,
-    DepthResult,
-    DepthRun,
     StrongAugConfig,
     StrongAugResult,
     TwoLayerConfig,
     TwoLayerResult,
-    simulate_depth,
     simulate_strong_augmentation,
     simulate_two_layer,
 )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
+from collapse_probe.theory.depth import DepthResult
 from collapse_probe.theory.quantities import matched_alignment
-from collapse_probe.theory.simulate import DepthResult, StrongAugResult, TwoLayerResult
+from collapse_probe.theory.simulate import StrongAugResult, TwoLayerResult
 
 __all__ = ["plot_alignment", "plot_depth", "plot_strong_augmentation", "plot_two_layer"]
 
@@ -103,7 +104,7 @@ def plot_alignment(result: TwoLayerResult) -> Figure:
 def plot_depth(result: DepthResult) -> Figure:
     """Figure 11: final sorted log10 covariance eigenvalues per depth; one panel each for linear / ReLU.
 
-    >>> from collapse_probe.theory.simulate import DepthConfig, simulate_depth
+    >>> from collapse_probe.theory.depth import DepthConfig, simulate_depth
     >>> len(plot_depth(simulate_depth(DepthConfig(depths=(1, 2), steps=5, n_samples=300))).axes)
     2
     """

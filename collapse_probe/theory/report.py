@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from collapse_probe.theory.depth import DepthConfig, DepthResult, simulate_depth
 from collapse_probe.theory.figures import (
     plot_alignment,
     plot_depth,
@@ -21,13 +22,10 @@ from collapse_probe.theory.figures import (
     plot_two_layer,
 )
 from collapse_probe.theory.simulate import (
-    DepthConfig,
-    DepthResult,
     StrongAugConfig,
     StrongAugResult,
     TwoLayerConfig,
     TwoLayerResult,
-    simulate_depth,
     simulate_strong_augmentation,
     simulate_two_layer,
 )

@@ -1,11 +1,12 @@
-"""The paper's three linear-model simulations, each a config dataclass in and a result dataclass out.
+"""The paper's strong-augmentation and two-layer simulations: a config dataclass in, a result out.
 
 * :func:`simulate_strong_augmentation` -- section 4, Figure 3: one linear layer; strong noise on
   half the input dimensions collapses the embedding along them.
 * :func:`simulate_two_layer` -- section 5, Figures 5 and 6: ``z = W2 W1 x`` with weak noise; the
   small singular values lag (implicit regularisation), ``W1 W1^T - W2^T W2`` is conserved, and the
   layers align.
-* :func:`simulate_depth` -- Figure 11: the same with 1..4 layers, linear or with ReLU.
+* :func:`~collapse_probe.theory.depth.simulate_depth` (in ``depth.py``) -- Figure 11: the same
+  with 1..4 layers, linear or with ReLU.
 
 Defaults follow the public simulations (16-d isotropic Gaussian inputs, 10,000 samples, batch
 128, temperature 0.1) except the number of SGD steps: the paper ran 10,000; the defaults here are
@@ -16,18 +17,12 @@ Every number is seeded: the same config gives the same result on the same device
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
-from collapse_probe.errors import CollapseProbeError
 from collapse_probe.result import Spectrum
-from collapse_probe.theory.linear import (
-    LinearChain,
-    decaying_init,
-    gaussian_inputs,
-    train_contrastive,
-)
+from collapse_probe.theory.linear import LinearChain, decaying_init, train_contrastive
 from collapse_probe.theory.quantities import (
     alignment_error,
     alignment_matrix,
@@ -35,16 +30,21 @@ from collapse_probe.theory.quantities import (
     infonce_x_matrix,
     matched_alignment,
 )
+from collapse_probe.theory.setting import (
+    SimulationConfig,
+    check,
+    embedding_spectrum,
+    setup,
+    svdvals,
+)
 
 __all__ = [
-    "DepthConfig",
-    "DepthResult",
-    "DepthRun",
+    "STRONG_AUG_STEPS",
+    "TWO_LAYER_STEPS",
     "StrongAugConfig",
     "StrongAugResult",
     "TwoLayerConfig",
     "TwoLayerResult",
-    "simulate_depth",
     "simulate_strong_augmentation",
     "simulate_two_layer",
 ]
@@ -52,64 +52,11 @@ __all__ = [
 # Seconds on a 2-core CPU are in docs/theory.md; the paper used 10,000 steps for every simulation.
 STRONG_AUG_STEPS = 2000
 TWO_LAYER_STEPS = 2000
-DEPTH_STEPS = 1000
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CollapseProbeError(message)
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CollapseProbeError(f"unknown device {name!r}: use cpu, cuda or cuda:<index>") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CollapseProbeError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    return device
-
-
-@dataclass(frozen=True)
-class _Common:
-    dim: int = 16
-    n_samples: int = 10_000
-    batch_size: int = 128
-    temperature: float = 0.1
-    seed: int = 0
-    device: str = "cpu"
-
-    def _validate_common(self, steps: int, lr: float) -> None:
-        _check(self.dim >= 2, f"dim must be >= 2, got {self.dim}")
-        _check(self.n_samples >= 2, f"n_samples must be >= 2, got {self.n_samples}")
-        _check(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
-        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        _check(steps >= 0, f"steps must be >= 0, got {steps}")
-        _check(lr > 0, f"lr must be > 0, got {lr}")
-        _device(self.device)
-
-
-def _setup(config: _Common) -> tuple[torch.device, torch.Generator, torch.Tensor]:
-    device = _device(config.device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    data = gaussian_inputs(config.n_samples, config.dim, generator=generator, device=device)
-    return device, generator, data
-
-
-def _spectrum(model: LinearChain, data: torch.Tensor, layer: str) -> Spectrum:
-    """Covariance spectrum of the model's embeddings of the clean data, computed in float64."""
-    exact = LinearChain([w.double() for w in model.matrices()], relu=model.relu)
-    with torch.no_grad():
-        return Spectrum.from_embeddings(exact(data.double()), layer=layer)
-
-
-def _svdvals(w: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svdvals(w.double()).cpu()
 
 
 # --------------------------------------------------------------------------- strong augmentation
 @dataclass(frozen=True)
-class StrongAugConfig(_Common):
+class StrongAugConfig(SimulationConfig):
     """Section 4 / Figure 3: ``z = W x``, noise of std ``noise`` on input dims ``noise_from..dim-1``.
 
     W starts from nn.Linear's default distribution, U(-1/sqrt(d), 1/sqrt(d)), the same draw for
@@ -124,10 +71,10 @@ class StrongAugConfig(_Common):
 
     def __post_init__(self) -> None:
         self._validate_common(self.steps, self.lr)
-        _check(len(self.noise_levels) >= 1, "give at least one noise level")
-        _check(all(n >= 0 for n in self.noise_levels), f"noise levels must be >= 0, got {self.noise_levels}")
-        _check(0 <= self.noise_from < self.dim, f"noise_from must be in [0, {self.dim}), got {self.noise_from}")
-        _check(self.x_batches >= 1, f"x_batches must be >= 1, got {self.x_batches}")
+        check(len(self.noise_levels) >= 1, "give at least one noise level")
+        check(all(n >= 0 for n in self.noise_levels), f"noise levels must be >= 0, got {self.noise_levels}")
+        check(0 <= self.noise_from < self.dim, f"noise_from must be in [0, {self.dim}), got {self.noise_from}")
+        check(self.x_batches >= 1, f"x_batches must be >= 1, got {self.x_batches}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +153,7 @@ def simulate_strong_augmentation(config: StrongAugConfig | None = None) -> Stron
     (torch.Size([1, 16]), 1)
     """
     config = config or StrongAugConfig()
-    device, generator, data = _setup(config)
+    device, generator, data = setup(config)
     bound = config.dim**-0.5
     w0 = (torch.rand(config.dim, config.dim, generator=generator, device=device) * 2 - 1) * bound
     models = [LinearChain([w0]).to(device) for _ in config.noise_levels]
@@ -222,8 +169,8 @@ def simulate_strong_augmentation(config: StrongAugConfig | None = None) -> Stron
     return StrongAugResult(
         config=config,
         weights=torch.stack([w.double().cpu() for w in final_w]),
-        weight_singular_values=torch.stack([_svdvals(w) for w in final_w]),
-        spectra=[_spectrum(m, data, f"noise={n:g}") for m, n in zip(models, config.noise_levels, strict=True)],
+        weight_singular_values=torch.stack([svdvals(w) for w in final_w]),
+        spectra=[embedding_spectrum(m, data, f"noise={n:g}") for m, n in zip(models, config.noise_levels, strict=True)],
         initial_x_eigenvalues=torch.stack([_mean_x_eigenvalues(w0, data, std, config, generator) for std in noise_std]),
         x_eigenvalues=torch.stack([_mean_x_eigenvalues(w, data, std, config, generator) for w, std in zip(final_w, noise_std, strict=True)]),
         losses=losses,
@@ -233,7 +180,7 @@ def simulate_strong_augmentation(config: StrongAugConfig | None = None) -> Stron
 
 # --------------------------------------------------------------------------- two layers
 @dataclass(frozen=True)
-class TwoLayerConfig(_Common):
+class TwoLayerConfig(SimulationConfig):
     """Section 5 / Figures 5-6: ``z = W2 W1 x``, each ``W = U diag(exp(-init_decay k)) V^T``."""
 
     noise: float = 0.001
@@ -244,8 +191,8 @@ class TwoLayerConfig(_Common):
 
     def __post_init__(self) -> None:
         self._validate_common(self.steps, self.lr)
-        _check(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
-        _check(self.record_every >= 1, f"record_every must be >= 1, got {self.record_every}")
+        check(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
+        check(self.record_every >= 1, f"record_every must be >= 1, got {self.record_every}")
 
 
 @dataclass(frozen=True)
@@ -322,7 +269,7 @@ def simulate_two_layer(config: TwoLayerConfig | None = None) -> TwoLayerResult:
     ([0, 10, 20], torch.Size([3, 16]))
     """
     config = config or TwoLayerConfig()
-    device, generator, data = _setup(config)
+    device, generator, data = setup(config)
     weights = [decaying_init(config.dim, decay=config.init_decay, generator=generator, device=device) for _ in range(2)]
     model = LinearChain(weights).to(device)
     w1, w2 = (w.double() for w in weights)
@@ -336,8 +283,8 @@ def simulate_two_layer(config: TwoLayerConfig | None = None) -> TwoLayerResult:
         with torch.no_grad():
             spectrum = Spectrum.from_embeddings(exact_data @ (w2 @ w1).T)
         records["steps"].append(step)
-        records["s1"].append(_svdvals(w1))
-        records["s2"].append(_svdvals(w2))
+        records["s1"].append(svdvals(w1))
+        records["s2"].append(svdvals(w2))
         records["eig"].append(spectrum.eigenvalues)
         a = alignment_matrix(w1, w2)
         records["align"].append(alignment_error(a))
@@ -362,93 +309,7 @@ def simulate_two_layer(config: TwoLayerConfig | None = None) -> TwoLayerResult:
         matched_alignment_errors=torch.tensor(records["matched"], dtype=torch.float64),
         conserved_drift=torch.tensor(records["drift"], dtype=torch.float64),
         alignment=alignment_matrix(final_w1, final_w2).cpu(),
-        spectrum=_spectrum(model, data, "W2 W1 x"),
+        spectrum=embedding_spectrum(model, data, "W2 W1 x"),
         loss=loss,
         seconds=seconds,
     )
-
-
-# --------------------------------------------------------------------------- depth
-@dataclass(frozen=True)
-class DepthConfig(_Common):
-    """Figure 11: ``depth`` square layers (each ``U diag(exp(-init_decay k)) V^T``), weak noise.
-
-    Every (depth, relu) pair starts from the same first ``depth`` initial matrices.
-    """
-
-    depths: tuple[int, ...] = (1, 2, 3, 4)
-    relu: tuple[bool, ...] = (False, True)
-    noise: float = 0.001
-    steps: int = DEPTH_STEPS
-    lr: float = 0.01
-    init_decay: float = 0.35
-
-    def __post_init__(self) -> None:
-        self._validate_common(self.steps, self.lr)
-        _check(len(self.depths) >= 1 and all(d >= 1 for d in self.depths), f"depths must be >= 1, got {self.depths}")
-        _check(len(self.relu) >= 1, "give at least one of relu=False / relu=True")
-        _check(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
-
-
-@dataclass(frozen=True)
-class DepthRun:
-    """One trained network of the depth sweep: its embedding spectra before and after training."""
-
-    depth: int
-    relu: bool
-    initial: Spectrum
-    final: Spectrum
-    loss: float
-
-
-@dataclass(frozen=True)
-class DepthResult:
-    """All (depth, relu) runs, in ``relu``-major, ``depths`` order."""
-
-    config: DepthConfig
-    runs: list[DepthRun] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        """JSON-ready numbers: eigenvalues and collapse metrics per run, at init and at the end."""
-
-        def summary(s: Spectrum) -> dict:
-            m = s.metrics()
-            return {"eigenvalues": s.eigenvalues.tolist(), **{k: m[k] for k in ("effective_rank", "collapsed_dims", "rtol")}}
-
-        return {
-            "simulation": "depth",
-            "config": asdict(self.config),
-            "conventions": {"eigenvalues": "centred covariance of the network output on the clean training inputs, ddof 1, float64"},
-            "seconds": self.seconds,
-            "runs": [
-                {"depth": r.depth, "relu": r.relu, "loss": r.loss, "initial": summary(r.initial), "final": summary(r.final)}
-                for r in self.runs
-            ],
-        }
-
-
-def simulate_depth(config: DepthConfig | None = None) -> DepthResult:
-    """Train one network per (depth, relu) pair side by side and compare embedding collapse.
-
-    >>> r = simulate_depth(DepthConfig(depths=(1, 2), relu=(False,), steps=10, n_samples=500))
-    >>> [(run.depth, run.relu) for run in r.runs]
-    [(1, False), (2, False)]
-    """
-    config = config or DepthConfig()
-    device, generator, data = _setup(config)
-    layers = [decaying_init(config.dim, decay=config.init_decay, generator=generator, device=device) for _ in range(max(config.depths))]
-    pairs = [(depth, relu) for relu in config.relu for depth in config.depths]
-    models = [LinearChain(layers[:depth], relu=relu).to(device) for depth, relu in pairs]
-    initial = [_spectrum(m, data, f"depth={d} relu={r}") for m, (d, r) in zip(models, pairs, strict=True)]
-    start = time.perf_counter()
-    losses = train_contrastive(
-        models, data, torch.full((len(models), config.dim), config.noise, device=device), steps=config.steps,
-        batch_size=config.batch_size, lr=config.lr, temperature=config.temperature, generator=generator,
-    )
-    seconds = time.perf_counter() - start
-    runs = [
-        DepthRun(depth=d, relu=r, initial=initial[i], final=_spectrum(models[i], data, f"depth={d} relu={r}"), loss=losses[i])
-        for i, (d, r) in enumerate(pairs)
-    ]
-    return DepthResult(config=config, runs=runs, seconds=seconds)

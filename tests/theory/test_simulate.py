@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.theory.depth import DepthConfig, simulate_depth
 from collapse_probe.theory.simulate import (
-    DepthConfig,
     StrongAugConfig,
     TwoLayerConfig,
-    simulate_depth,
     simulate_strong_augmentation,
     simulate_two_layer,
 )
