@@ -102,7 +102,7 @@ def _single_threaded_on_cpu(device: torch.device) -> Iterator[None]:
     """Run tiny CPU matmuls on one thread, then restore the caller's setting.
 
     The toy problems are (128 x 16) matrices: intra-op threads only add synchronisation, and on
-    a busy 2-core machine measured 10-20x slower than one thread.
+    a busy 2-core machine measured 14-22x slower than one thread.
     """
     if device.type != "cpu":
         yield
