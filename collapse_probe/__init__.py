@@ -10,9 +10,12 @@ Contrastive Self-supervised Learning", ICLR 2022).
 8.0
 """
 
+from collapse_probe import testing, theory
 from collapse_probe.accumulator import CovarianceAccumulator
+from collapse_probe.checkpoints import load_encoder
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
 from collapse_probe.functional import PowerLawFit
+from collapse_probe.monitor import SpectrumMonitor
 from collapse_probe.plot import plot_spectra
 from collapse_probe.probe import spectrum
 from collapse_probe.result import Spectrum, to_frame
@@ -26,9 +29,13 @@ __all__ = [
     "NonFiniteEmbeddingError",
     "PowerLawFit",
     "Spectrum",
+    "SpectrumMonitor",
     "__version__",
+    "load_encoder",
     "plot_spectra",
     "solve_spectra",
     "spectrum",
+    "testing",
+    "theory",
     "to_frame",
 ]
