@@ -234,8 +234,10 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
             finite &= torch.isfinite(loss)  # stays on the device: no sync per step
             state.step, state.loss = state.step + 1, loss
             _run(callbacks, "on_step_end", state)
-            if config.log_every and (i + 1) % config.log_every == 0:
-                _log(dist, f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss.item():.4f}")  # a sync point
+            if config.log_every and (i + 1) % config.log_every == 0:  # a sync point, only every log_every steps
+                _log(dist, f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss.item():.4f}")
+                if not bool(finite):
+                    break
         # One sync point per epoch: read the accumulated loss, accuracy and finiteness flag.
         if not bool(finite):
             last = f"{ckpt_path} (epoch {epoch})" if ckpt_path.exists() and epoch > 0 else "none written yet"
