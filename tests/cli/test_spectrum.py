@@ -130,3 +130,12 @@ def test_help_shows_a_worked_example(invoke, image_args):
     for command in ("spectrum", "layers", "compare", "embeddings", "check"):
         code, stdout, _ = invoke([command, "--help"])
         assert code == 0 and f"collapse-probe {command} " in stdout
+
+
+def test_builtin_data_and_max_samples(tmp_path, checkpoints, invoke, image_args):
+    code, stdout, stderr = invoke(["spectrum", checkpoints["pt"], "--arch", "resnet18", "--data", "builtin:digits",
+                                   "--max-samples", "20", "--json", "--out", tmp_path, *image_args])
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    assert document["layers"]["fc"]["n_samples"] == 20
+    assert document["source"]["data"] == "builtin:digits"
