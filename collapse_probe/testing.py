@@ -2,10 +2,18 @@
 
 >>> import torch
 >>> from torch import nn
+>>> _ = torch.manual_seed(0)
 >>> loader = [torch.randn(256, 8) for _ in range(4)]
->>> spectra = assert_no_collapse(nn.Linear(8, 8), loader, min_effective_rank=6)
->>> round(spectra["output"].effective_rank) >= 6
-True
+>>> spectra = assert_no_collapse(nn.Identity(), loader, min_effective_rank=7.5)
+>>> spectra["output"].dim
+8
+>>> half = nn.Linear(8, 8, bias=False).requires_grad_(False)
+>>> _ = half.weight.copy_(torch.diag(torch.tensor([1.0] * 4 + [0.0] * 4)))
+>>> assert_no_collapse(half, loader, max_collapsed_fraction=0.25)
+Traceback (most recent call last):
+...
+AssertionError: dimensional collapse detected:
+FAIL max-collapsed-fraction [output]: collapsed_fraction = 0.5 (required <= 0.25)
 """
 
 from __future__ import annotations
