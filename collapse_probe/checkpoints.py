@@ -37,7 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from collapse_probe.encoders import build_encoder, strip_classifier
+from collapse_probe.encoders import (
+    EncoderWithProjector,
+    build_encoder,
+    find_classifier,
+    rebuild_projector,
+    strip_classifier,
+)
 from collapse_probe.errors import CollapseProbeError
 
 TRAINER_FORMAT = "collapse-probe/trainer-v1"
@@ -301,12 +307,23 @@ def _arch_model(path: Path, kind: str, obj: Any, arch: str | None, allow_partial
             "name its architecture with --arch (e.g. resnet50, vit_b_16, or package.module:callable)"
         )
     model = build_encoder(arch)
+    head = find_classifier(model)
+    rep_dim = model.get_submodule(head).in_features if head else None
     classifier = strip_classifier(model)
     loaded = load_weights(model, state_dict, allow_partial=allow_partial)
     if loaded["missing_keys"]:
         notes.append("warning: some weights were missing and stay randomly initialised")
+    layers = {classifier: "representation"} if classifier else {}
+    rebuilt = rebuild_projector({k: state_dict[k] for k in loaded["unexpected_keys"]})
+    if rebuilt is not None and (rep_dim is None or rebuilt[0][0].in_features == rep_dim):
+        projector, used = rebuilt
+        model = EncoderWithProjector(model, projector)
+        layers = {"backbone": "representation", "projector": "embedding"}
+        loaded["unexpected_keys"] = tuple(k for k in loaded["unexpected_keys"] if k not in set(used))
+        notes.append(f"projector rebuilt from its {len(used)} tensors ({len(projector)} layers; "
+                     "ReLU assumed at parameter-free positions): probed as 'projector', the backbone as 'backbone'")
     report = LoadReport(str(path), kind, source, arch, classifier=classifier, notes=tuple(notes), **loaded)
-    return LoadedEncoder(model, report, {classifier: "representation"} if classifier else {})
+    return LoadedEncoder(model, report, layers)
 
 
 def load_encoder_with_report(

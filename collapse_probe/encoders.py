@@ -17,8 +17,10 @@ representation.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 
+import torch
 from torch import nn
 
 from collapse_probe.errors import CollapseProbeError
@@ -142,3 +144,70 @@ def strip_classifier(model: nn.Module) -> str | None:
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, nn.Identity())
     return name
+
+
+# ----------------------------------------------------------------------------- projectors
+
+_PROJECTOR_KEY = re.compile(
+    r"^(?P<prefix>(?:\w+\.)*?)projector\.(?P<index>\d+)\.(?P<name>weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
+
+
+class EncoderWithProjector(nn.Module):
+    """``projector(backbone(x))`` with the submodule names a trainer checkpoint uses."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+
+def rebuild_projector(state_dict: Mapping[str, torch.Tensor]) -> tuple[nn.Sequential, list[str]] | None:
+    """Rebuild an ``nn.Sequential`` projector (``[prefix.]projector.N.*`` keys) from its weights alone.
+
+    Solo-learn, Lightning and most SSL code bases keep their projector as a Sequential of
+    ``Linear`` and ``BatchNorm1d`` layers with parameter-free activations between them. Positions
+    with a 2-D ``weight`` become ``Linear``, those with ``running_mean`` ``BatchNorm1d`` (affine
+    when a weight is stored), and positions without parameters ``ReLU`` -- an assumption, which
+    the load report states. Returns ``(projector, keys used)``, or None when there is no such
+    projector or its keys do not fit this pattern.
+
+    >>> head = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    >>> rebuilt, keys = rebuild_projector({"module.projector." + k: v for k, v in head.state_dict().items()})
+    >>> [type(m).__name__ for m in rebuilt], len(keys)
+    (['Linear', 'BatchNorm1d', 'ReLU', 'Linear'], 9)
+    """
+    groups: dict[int, dict[str, torch.Tensor]] = {}
+    used: list[str] = []
+    prefix = None
+    for key, value in state_dict.items():
+        match = _PROJECTOR_KEY.match(key)
+        if match is None or (prefix is not None and match["prefix"] != prefix):
+            continue
+        prefix = match["prefix"]
+        groups.setdefault(int(match["index"]), {})[match["name"]] = value
+        used.append(key)
+    if not groups:
+        return None
+    layers: list[nn.Module] = []
+    for index in range(max(groups) + 1):
+        params = groups.get(index)
+        if params is None:
+            layers.append(nn.ReLU())
+        elif "running_mean" in params:
+            layers.append(nn.BatchNorm1d(params["running_mean"].numel(), affine="weight" in params))
+        elif "weight" in params and params["weight"].ndim == 2:
+            out_features, in_features = params["weight"].shape
+            layers.append(nn.Linear(in_features, out_features, bias="bias" in params))
+        else:
+            return None
+    projector = nn.Sequential(*layers)
+    weights = {f"{i}.{name}": value for i, params in groups.items() for name, value in params.items()}
+    try:
+        projector.load_state_dict(weights, strict=True)
+    except RuntimeError:
+        return None
+    return projector, used

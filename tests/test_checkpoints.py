@@ -68,13 +68,13 @@ def test_safetensors(tmp_path, reference):
 def test_wrapped_and_prefixed(tmp_path, reference, wrap, prefix):
     state, expected = reference
     weights = {prefix + k: v for k, v in state.items() if not k.startswith("fc.")}
-    weights["projector.0.weight"] = torch.zeros(4, 512)  # a head that is not part of the backbone
+    weights["classifier.weight"] = torch.zeros(4, 512)  # an online head that is not part of the backbone
     path = tmp_path / "ckpt.pt"
     torch.save(wrap(weights), path)
     loaded = load_encoder_with_report(path, "resnet18")
     assert torch.equal(_output(loaded.model), expected)
     assert loaded.report.stripped_prefix == prefix
-    assert loaded.report.unexpected_keys == ("projector.0.weight",)
+    assert loaded.report.unexpected_keys == ("classifier.weight",)
 
 
 def test_dino_uses_teacher(tmp_path, reference):
@@ -178,3 +178,21 @@ def test_encoder_registry():
         build_encoder("no_such_module_xyz:make")
     with pytest.raises(CollapseProbeError, match="not a torch.nn.Module"):
         build_encoder("builtins:dict")
+
+
+def test_projector_rebuilt_from_solo_learn_style_keys(tmp_path, reference):
+    state, expected = reference
+    torch.manual_seed(1)
+    head = nn.Sequential(nn.Linear(512, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    head[1].running_mean.uniform_(-1, 1)  # non-default statistics, so a wrong load would show
+    weights = {"backbone." + k: v for k, v in state.items() if not k.startswith("fc.")}
+    weights |= {"projector." + k: v for k, v in head.state_dict().items()}
+    weights["classifier.weight"] = torch.zeros(10, 512)
+    torch.save({"state_dict": weights}, tmp_path / "solo.ckpt")
+    loaded = load_encoder_with_report(tmp_path / "solo.ckpt", "resnet18")
+    assert loaded.default_layers == {"backbone": "representation", "projector": "embedding"}
+    assert loaded.report.unexpected_keys == ("classifier.weight",)
+    assert any("projector rebuilt" in note for note in loaded.report.notes)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.backbone(X), expected)
+        assert torch.allclose(_output(loaded.model), head(expected), atol=1e-6)
