@@ -83,3 +83,32 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def _image_folder(root, n_per_class=8):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n_per_class):
+                pixels = rng.integers(0, 255, size=(40, 36, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("augment", ["pil", "tensor"])
+def test_image_folder_training_and_eval(tmp_path, augment):
+    from collapse_probe.ssl.evaluate import checkpoint_features
+
+    data = _image_folder(tmp_path / "images")
+    result = train(_tiny(tmp_path / "run", data=str(data), image_size=16, batch_size=8, epochs=1, workers=0,
+                         augment=augment, monitor_every=1, width=8))
+    row = result.metrics[-1]
+    assert row["epoch"] == 1 and row["representation/n_samples"] == 16
+    train_x, train_y, val_x, val_y = checkpoint_features(str(result.checkpoint_path), str(data), workers=0, device="cpu")
+    assert train_x.shape == (16, 32) and val_y.tolist() == [0] * 8 + [1] * 8
+    assert torch.isfinite(train_x).all() and torch.isfinite(val_x).all()
