@@ -139,3 +139,20 @@ def test_builtin_data_and_max_samples(tmp_path, checkpoints, invoke, image_args)
     document = json.loads(stdout)
     assert document["layers"]["fc"]["n_samples"] == 20
     assert document["source"]["data"] == "builtin:digits"
+
+
+def test_solo_learn_checkpoint_probes_both_spaces(tmp_path, resnet_state, image_folder, invoke, image_args):
+    from torch import nn
+
+    head = nn.Sequential(nn.Linear(512, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 8))
+    weights = {"backbone." + k: v for k, v in resnet_state.items() if not k.startswith("fc.")}
+    weights |= {"projector." + k: v for k, v in head.state_dict().items()}
+    torch.save({"state_dict": weights, "epoch": 5}, tmp_path / "solo.ckpt")
+    code, stdout, stderr = invoke(["spectrum", tmp_path / "solo.ckpt", "--arch", "resnet18", "--data", image_folder,
+                                   "--json", "--out", tmp_path / "out", *image_args])
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    assert document["roles"] == {"backbone": "representation", "projector": "embedding"}
+    assert [document["layers"][n]["dim"] for n in ("backbone", "projector")] == [512, 8]
+    code, stdout, _ = invoke(["layers", tmp_path / "solo.ckpt", "--arch", "resnet18", "--image-size", "32"])
+    assert code == 0 and "backbone.layer4" in stdout and "[embedding]" in stdout
