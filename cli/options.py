@@ -6,6 +6,7 @@ library's :class:`~collapse_probe.reports.ProbeConfig`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -40,8 +41,8 @@ layer = click.option("--layer", "layers", multiple=True, metavar="NAME",
                      help="Module to probe, as `collapse-probe layers` lists it; repeat for several. "
                           "Default: the representation and, with a projector, the projector output.")
 batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-workers = click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
-                       help="DataLoader worker processes decoding images.")
+workers = click.option("--workers", type=click.IntRange(min=0), default=lambda: min(4, os.cpu_count() or 1),
+                       show_default="min(4, CPU cores)", help="DataLoader worker processes decoding images.")
 device = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:i]")
 precision = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
                          show_default=True, help="Forward precision (statistics are always float64).")
