@@ -120,6 +120,11 @@ class ExportedEncoder(nn.Module):
 # ----------------------------------------------------------------------------- reading files
 
 
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception message (user-facing errors are one line)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def _refuse_unpickling(path: Path, error: Exception) -> CollapseProbeError:
     match = re.search(r"GLOBAL (\S+)", str(error))
     found = f" (it references {match.group(1)})" if match else ""
@@ -159,7 +164,7 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> tupl
         try:
             return "safetensors", load_file(str(path), device="cpu")
         except Exception as error:  # noqa: BLE001 - any parse failure is bad input
-            raise CollapseProbeError(f"{path}: not a readable safetensors file ({error})") from error
+            raise CollapseProbeError(f"{path}: not a readable safetensors file ({_first_line(error)})") from error
     names = _zip_names(path)
     if any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in names):
         return "torchscript", torch.jit.load(str(path), map_location="cpu")
@@ -167,7 +172,7 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> tupl
         try:
             return "export", torch.export.load(str(path))
         except Exception as error:  # noqa: BLE001
-            raise CollapseProbeError(f"{path}: not a readable torch.export program ({error})") from error
+            raise CollapseProbeError(f"{path}: not a readable torch.export program ({_first_line(error)})") from error
     try:
         return "torch", torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -176,7 +181,7 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> tupl
         if not trust_checkpoint:
             raise _refuse_unpickling(path, error) from None
     except Exception as error:  # noqa: BLE001 - truncated or foreign files fail in many ways
-        raise CollapseProbeError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from error
+        raise CollapseProbeError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {_first_line(error)})") from error
     return "torch", torch.load(path, map_location="cpu", weights_only=False)
 
 

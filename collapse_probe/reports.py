@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from collapse_probe.checkpoints import LoadReport, load_encoder_with_report
-from collapse_probe.data.images import open_images
+from collapse_probe.data.images import describe_error, open_images
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.plot import plot_spectra
 from collapse_probe.probe import spectrum
@@ -386,7 +386,7 @@ def load_embeddings(path: str | Path, key: str | None = None) -> torch.Tensor:
     except CollapseProbeError:
         raise
     except Exception as error:  # noqa: BLE001 - any parse failure is bad input
-        raise CollapseProbeError(f"{path}: cannot read embeddings ({type(error).__name__}: {error})") from None
+        raise CollapseProbeError(f"{path}: cannot read embeddings ({describe_error(error)})") from None
     if isinstance(obj, Mapping):
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if key is not None:

@@ -33,6 +33,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def describe_error(error: BaseException) -> str:
+    """``"Type: first line of the message"``: user-facing errors stay on one line.
+
+    >>> describe_error(ValueError("bad header\\nmore detail"))
+    'ValueError: bad header'
+    """
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 def default_resize(image_size: int) -> int:
     """The ImageNet evaluation ratio 256/224 applied to ``image_size``.
 
@@ -96,7 +106,7 @@ class ImageFiles(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 return self.transform(image.convert("RGB")), None
         except Exception as error:  # noqa: BLE001 - any decode failure is "unreadable"
-            return None, f"{path}: {type(error).__name__}: {error}"
+            return None, f"{path}: {describe_error(error)}"
 
 
 class _BuiltinItems(torch.utils.data.Dataset):
@@ -222,7 +232,7 @@ def _read(path: Path) -> tuple[Path, torch.Tensor | None, str | None]:
     try:
         return path, read_file(str(path)), None
     except Exception as error:  # noqa: BLE001
-        return path, None, f"{path}: {type(error).__name__}: {error}"
+        return path, None, f"{path}: {describe_error(error)}"
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -267,7 +277,7 @@ class TensorDecodeLoader:
             try:
                 decoded.append(_decode_one(data, self.device))
             except Exception as error:  # noqa: BLE001
-                errors.append(f"{path}: {type(error).__name__}: {error}")
+                errors.append(f"{path}: {describe_error(error)}")
         if not decoded:
             return None, errors
         batch = torch.stack([resize_center_crop(x, self.resize, self.image_size) for x in decoded])

@@ -147,3 +147,6 @@ def test_embeddings_errors(tmp_path, invoke):
     assert code == 2 and "(N, d)" in stderr
     code, _, stderr = invoke(["embeddings", tmp_path / "none.npy"])
     assert code == 2
+    torch.save({"embeddings": np.zeros((4, 3))}, tmp_path / "pickled.pt")  # numpy needs full unpickling
+    code, _, stderr = invoke(["embeddings", tmp_path / "pickled.pt"])
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
