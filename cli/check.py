@@ -7,7 +7,8 @@ from collapse_probe_cli import options
 from collapse_probe_cli.errors import EXIT_CHECK_FAILED
 
 from collapse_probe.checks import run_checks, validate_bounds, write_junit_xml, write_report_json
-from collapse_probe.reports import is_spectrum_file, load_or_probe, load_spectra
+from collapse_probe.pipeline import load_or_probe
+from collapse_probe.reports import is_spectrum_file, load_spectra
 
 
 @click.command("check")

@@ -7,7 +7,8 @@ import json
 import click
 from collapse_probe_cli import options
 
-from collapse_probe.reports import compare_sources, finite_metrics, format_table, write_comparison
+from collapse_probe.pipeline import compare_sources
+from collapse_probe.reports import finite_metrics, format_table, write_comparison
 
 
 @click.command("compare")

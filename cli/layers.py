@@ -6,7 +6,7 @@ import click
 from collapse_probe_cli import options
 
 from collapse_probe.checkpoints import load_encoder_with_report
-from collapse_probe.reports import layer_table
+from collapse_probe.pipeline import layer_table
 
 
 @click.command("layers")

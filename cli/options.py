@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.reports import DataConfig, ProbeConfig
+from collapse_probe.pipeline import DataConfig, ProbeConfig
 
 F = Callable[..., Any]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from collapse_probe_cli import options
 
-from collapse_probe.reports import format_table, json_report, probe_checkpoint, write_outputs
+from collapse_probe.pipeline import probe_checkpoint
+from collapse_probe.reports import format_table, json_report, write_outputs
 
 
 @click.command("spectrum")

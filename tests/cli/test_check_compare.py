@@ -92,11 +92,11 @@ def test_check_on_checkpoint_and_data(tmp_path, checkpoints, image_folder, invok
 
 def test_compare_probes_checkpoints_in_one_pass(tmp_path, checkpoints, image_folder, invoke, image_args,
                                                 monkeypatch, healthy_and_collapsed):
-    import collapse_probe.reports as reports
+    import collapse_probe.pipeline as pipeline
 
     calls = []
-    real = reports.spectrum
-    monkeypatch.setattr(reports, "spectrum", lambda *a, **k: calls.append(k["layers"]) or real(*a, **k))
+    real = pipeline.spectrum
+    monkeypatch.setattr(pipeline, "spectrum", lambda *a, **k: calls.append(k["layers"]) or real(*a, **k))
     (healthy, h), _ = healthy_and_collapsed
     code, stdout, stderr = invoke(["compare", checkpoints["pt"], checkpoints["safetensors"], healthy,
                                    "--arch", "resnet18", "--data", image_folder, "--out", tmp_path / "cmp",

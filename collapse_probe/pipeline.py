@@ -1,0 +1,219 @@
+"""Checkpoints + images -> spectra: what ``spectrum``, ``compare``, ``check`` and ``layers`` run.
+
+:func:`probe_checkpoints` loads each checkpoint (:mod:`collapse_probe.checkpoints`), opens the
+images once (:mod:`collapse_probe.data.images`) and streams them through every model in one pass
+of :func:`collapse_probe.spectrum`, which solves all spectra in one batched call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from collapse_probe.checkpoints import load_encoder_with_report
+from collapse_probe.data.images import open_images
+from collapse_probe.errors import CollapseProbeError
+from collapse_probe.probe import spectrum
+from collapse_probe.reports import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
+from collapse_probe.result import Spectrum
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images become batches (see :func:`collapse_probe.data.images.open_images`)."""
+
+    data: str
+    image_size: int = 224
+    resize: int | None = None
+    batch_size: int = 64
+    workers: int = 0
+    max_samples: int | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Everything ``collapse-probe spectrum`` needs besides the checkpoint path."""
+
+    data: DataConfig
+    arch: str | None = None
+    layers: tuple[str, ...] = ()
+    device: str = "auto"
+    precision: str | None = None
+    normalize: bool = False
+    trust_checkpoint: bool = False
+    allow_partial: bool = False
+    progress: bool = True
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu``, ``cuda``, ``cuda:i`` checked.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise CollapseProbeError(f"--device {device!r}: use auto, cpu, cuda or cuda:INDEX") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CollapseProbeError(f"--device {device}: CUDA is not available on this machine")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise CollapseProbeError(f"--device {device!r}: use auto, cpu, cuda or cuda:INDEX")
+    return resolved
+
+
+class ModelBundle(nn.Module):
+    """Several encoders behind one forward, so one pass over the data probes them all.
+
+    Model ``i`` is ``models.m{i}``; ``outputs.m{i}`` (an Identity) sees its output, so the model
+    output of even a TorchScript archive can be probed by name.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleDict({f"m{i}": m for i, m in enumerate(models)})
+        self.outputs = nn.ModuleDict({f"m{i}": nn.Identity() for i in range(len(models))})
+
+    def forward(self, x: torch.Tensor) -> None:
+        for key, model in self.models.items():
+            self.outputs[key](model(x))
+
+
+def _layer_plan(loaded_layers: Mapping[str, str], requested: Sequence[str]) -> dict[str, str]:
+    if requested:
+        return {name: loaded_layers.get(name, "") for name in requested}
+    return dict(loaded_layers)
+
+
+def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[ProbeResult]:
+    """Load each checkpoint, stream the data once through all of them, solve every spectrum.
+
+    Layers: ``config.layers`` if given, else each checkpoint's default layers (representation,
+    and embedding when it has a projector), else its output. All layers of all checkpoints are
+    captured in the same pass and solved in one batched call (equal dimensions share one
+    ``eigvalsh``), through :func:`collapse_probe.spectrum`.
+    """
+    device = resolve_device(config.device)
+    loaded = [load_encoder_with_report(p, config.arch, trust_checkpoint=config.trust_checkpoint,
+                                       allow_partial=config.allow_partial) for p in paths]
+    plans = [_layer_plan(item.default_layers, config.layers) for item in loaded]
+    if len(loaded) == 1:  # one model: hook it directly, so messages name its own modules
+        target: nn.Module = loaded[0].model
+        keys = [list(plans[0]) or [OUTPUT_NAME]]
+        hooks: list[str] | None = list(plans[0]) or None
+    else:
+        target = ModelBundle([item.model for item in loaded])
+        keys = [[f"models.m{i}.{name}" for name in plan] or [f"outputs.m{i}"] for i, plan in enumerate(plans)]
+        hooks = [key for group in keys for key in group]
+    d = config.data
+    loader = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
+                         workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
+    solved = spectrum(target, loader, layers=hooks, device=device, normalize=config.normalize,
+                      max_samples=d.max_samples, precision=config.precision, progress=config.progress)
+    if not isinstance(solved, dict):
+        solved = {OUTPUT_NAME: solved}
+    results = []
+    for path, item, plan, group in zip(paths, loaded, plans, keys, strict=True):
+        names = list(plan) or [OUTPUT_NAME]
+        spectra = {name: _relabel(solved[key], name) for name, key in zip(names, group, strict=True)}
+        roles = {name: role for name, role in plan.items() if role} or {OUTPUT_NAME: "output"}
+        source = {"checkpoint": str(path), "loaded_as": item.report.kind, "arch": item.report.arch,
+                  "data": str(d.data), "n_images": loader.n_images, "n_unreadable_skipped": loader.n_skipped,
+                  "image_size": d.image_size, "resize": d.resize or int(d.image_size * 256 / 224),
+                  "precision": config.precision or "fp32", "device": str(device)}
+        results.append(ProbeResult(spectra, roles, source, item.report))
+    return results
+
+
+def probe_checkpoint(path: str | Path, config: ProbeConfig) -> ProbeResult:
+    """:func:`probe_checkpoints` for one checkpoint."""
+    return probe_checkpoints([path], config)[0]
+
+
+def load_or_probe(source: str | Path, config: ProbeConfig | None) -> ProbeResult:
+    """A saved spectrum file (``.json``) as is, or a checkpoint probed with ``config``."""
+    if is_spectrum_file(source):
+        return load_spectra(source)
+    if config is None:
+        raise CollapseProbeError(f"{source} is a checkpoint: give --data DIR (or builtin:NAME) to probe it")
+    return probe_checkpoint(source, config)
+
+
+def layer_table(model: nn.Module, *, image_size: int = 224, device: str | None = "cpu") -> list[tuple[str, str, str]]:
+    """``(name, module type, output shape)`` of every named module, from one dummy forward.
+
+    The forward uses two random ``(3, image_size, image_size)`` images in eval mode; modules that
+    do not run on the forward path get ``"-"`` for their shape.
+
+    >>> rows = layer_table(nn.Sequential(nn.Linear(3 * 4 * 4, 5), nn.ReLU()), image_size=4)
+    Traceback (most recent call last):
+    ...
+    collapse_probe.errors.CollapseProbeError: a dummy forward with input (2, 3, 4, 4) failed: ...
+    >>> rows = layer_table(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)), image_size=4)
+    >>> rows
+    [('<output>', 'Sequential', '(2, 5)'), ('0', 'Flatten', '(2, 48)'), ('1', 'Linear', '(2, 5)')]
+    """
+    from collapse_probe.capture import capture_outputs, eval_mode
+
+    shapes: dict[str, str] = {}
+
+    def describe(output: Any) -> str:
+        if isinstance(output, torch.Tensor):
+            return str(tuple(output.shape))
+        if isinstance(output, (tuple, list)):
+            return "(" + ", ".join(describe(o) for o in output) + ")"
+        return type(output).__name__
+
+    def record(name: str, output: Any) -> None:  # returns None: a forward hook's return value replaces the output
+        shapes.setdefault(name, describe(output))
+
+    hookable = not isinstance(model, torch.jit.ScriptModule)  # scripted submodules take no hooks
+    modules = {n: m for n, m in model.named_modules() if n} if hookable else {}
+    device = resolve_device(device)
+    x = torch.randn(2, 3, image_size, image_size, device=device)
+    try:
+        with eval_mode(model), torch.inference_mode(), capture_outputs(modules, record):
+            output = model.to(device)(x)
+    except CollapseProbeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure means the input does not fit the model
+        raise CollapseProbeError(f"a dummy forward with input {tuple(x.shape)} failed: {type(error).__name__}: "
+                                 f"{str(error).splitlines()[0] if str(error) else ''} (try --image-size)") from None
+    rows = [("<output>", type(model).__name__, describe(output))]
+    rows += [(n, type(m).__name__, shapes.get(n, "-")) for n, m in modules.items()]
+    return rows
+
+
+def compare_sources(sources: Sequence[str | Path], config: ProbeConfig | None) -> tuple[dict[str, Spectrum], dict[str, str]]:
+    """Spectra of several checkpoints (probed together, :func:`probe_checkpoints`) and saved files.
+
+    Returns ``({"SOURCE:LAYER": Spectrum}, {"SOURCE:LAYER": role})`` in the order given; SOURCE is
+    the file name, or the full path where two file names are equal.
+    """
+    checkpoints = [s for s in sources if not is_spectrum_file(s)]
+    if checkpoints and config is None:
+        raise CollapseProbeError("checkpoints need --data DIR (or builtin:NAME) to be probed")
+    probed = iter(probe_checkpoints(checkpoints, config) if checkpoints else [])
+    names = [Path(s).name for s in sources]
+    spectra: dict[str, Spectrum] = {}
+    roles: dict[str, str] = {}
+    for source, name in zip(sources, names, strict=True):
+        result = load_spectra(source) if is_spectrum_file(source) else next(probed)
+        label = str(source) if names.count(name) > 1 else name
+        for layer, s in result.spectra.items():
+            spectra[f"{label}:{layer}"] = s
+            roles[f"{label}:{layer}"] = result.roles.get(layer, "")
+    return spectra, roles
+
+
+def _relabel(s: Spectrum, layer: str) -> Spectrum:
+    return dataclasses.replace(s, layer=layer)
