@@ -135,7 +135,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
             spectra[name] = np.load(result)
 
-    top = min(len(spectra["hand-written"]), 50)
+    top = min(len(spectra["hand-written"]), 50, n - 1)  # beyond N - 1 the eigenvalues are rounding noise
     relative = np.abs(spectra["collapse-probe"][:top] - spectra["hand-written"][:top]) / spectra["hand-written"][:top]
     machine = (torch.cuda.get_device_name() if args.device.startswith("cuda") else
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
