@@ -96,6 +96,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         data="builtin:digits", arch="smallcnn", width=32, image_size=16, augment="tensor",
         epochs=20, batch_size=128, lr=8.0, warmup_epochs=1.0, weight_decay=1e-5,
         projector_dim=64, workers=0, log_every=0, out="runs/demo",
+        threads=1,  # measured: 1 torch thread trains this small CNN 3-4x faster than 2 on a shared 2-core CPU
     ),
 }
 
