@@ -46,6 +46,14 @@ class SpectrumMonitor:
         device: where to run the probe (default: the model's device).
         metrics_path: where :meth:`log` appends rows (the trainer writes its own rows instead).
         plot_path: a PNG redrawn after each probe: log eigenvalues, one line per epoch.
+        last_epoch: an epoch to probe whatever ``every`` says (the trainer passes its last).
+
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> monitor = SpectrumMonitor(DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=32), layers={"hidden": "1"})
+    >>> row = monitor.log(model, epoch=1)
+    >>> row["epoch"], row["hidden/dim"], row["hidden/n_samples"], len(row["spectra"]["hidden"]["eigenvalues"])
+    (1, 8, 64, 8)
     """
 
     def __init__(
@@ -129,8 +137,8 @@ def _is_main_process() -> bool:
 def plot_spectrum_history(history: Sequence[tuple[int, Mapping[str, Any]]]) -> Any:
     """A matplotlib Figure: per layer, sorted log eigenvalues, one line per epoch (dark = early).
 
-    ``history`` is ``[(epoch, {name: Spectrum}), ...]``; eigenvalues below 1e-30 are clipped so
-    that collapsed directions stay on the log axis.
+    ``history`` is ``[(epoch, {name: Spectrum}), ...]``; eigenvalues below 1e-12 x the largest
+    are drawn at that floor, so that numerically collapsed directions stay on the log axis.
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -142,11 +150,12 @@ def plot_spectrum_history(history: Sequence[tuple[int, Mapping[str, Any]]]) -> A
     n = len(history)
     for ax, name in zip(axes, names, strict=True):
         for i, (epoch, spectra) in enumerate(history):
-            eig = spectra[name].eigenvalues.double().clamp_min(1e-30)
+            eig = spectra[name].eigenvalues.double()
+            eig = eig.clamp_min(max(float(eig.max()), 1e-300) * 1e-12)
             ax.plot(torch.arange(1, len(eig) + 1).numpy(), eig.log10().numpy(), color=cmap(i / max(1, n - 1)),
                     lw=1.2, label=f"epoch {epoch}" if i in (0, n - 1) else None)
         ax.set_title(name)
         ax.set_xlabel("index (sorted)")
-        ax.set_ylabel("log10 covariance eigenvalue")
+        ax.set_ylabel("log10 covariance eigenvalue (floor: 1e-12 x max)")
         ax.legend(fontsize=8)
     return figure

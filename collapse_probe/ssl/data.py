@@ -122,7 +122,10 @@ class LoaderStream:
         )
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=config.batch_size // dist.world_size, sampler=self.sampler, drop_last=True,
-            num_workers=config.workers, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+            num_workers=config.workers, pin_memory=device.type == "cuda",
+            # Workers restart every epoch and draw their seeds from the per-epoch seed set in
+            # epoch(), so a resumed run sees the same augmentations as an uninterrupted one.
+            persistent_workers=False,
         )
         self.device, self.seed, self.rank = device, config.seed, dist.rank
         self.num_classes = len(dataset.classes)
