@@ -60,5 +60,4 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
             click.echo(r.message)
     click.echo(f"{len(results) - len(failed)}/{len(results)} checks passed" + ("" if not failed else "; collapse detected"))
     if failed:
-        # SystemExit, not click's Exit: run_cli (standalone_mode=False) drops the code click returns
-        raise SystemExit(EXIT_CHECK_FAILED)
+        click.get_current_context().exit(EXIT_CHECK_FAILED)

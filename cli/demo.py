@@ -9,12 +9,12 @@ from collapse_probe.demo import VARIANTS, DemoConfig, run_demo
 
 @click.command("demo")
 @click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False), help="Folder for demo.png, demo.csv, spectra JSON and checkpoints.")
-@click.option("--epochs", default=DemoConfig.epochs, show_default=True, type=click.IntRange(min=1), help="Training epochs of each variant (same budget for all).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs of each variant, same for all (default: the demo preset's 20).")
 @click.option("--variant", "variants", multiple=True, type=click.Choice(list(VARIANTS)), help="Train only these (repeatable; default: all three).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--max-steps-per-epoch", default=None, type=click.IntRange(min=1), help="Cut epochs short (smoke tests).")
-def demo(out: str, epochs: int, variants: tuple[str, ...], seed: int, device: str | None, max_steps_per_epoch: int | None) -> None:
+def demo(out: str, epochs: int | None, variants: tuple[str, ...], seed: int, device: str | None, max_steps_per_epoch: int | None) -> None:
     """Watch dimensional collapse happen, in about three minutes on 2 CPU cores.
 
     Trains SimCLR with a 2-layer projector, SimCLR without a projector and DirectCLR for the same

@@ -24,12 +24,14 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        group.main(args=args, prog_name="collapse-probe", standalone_mode=False)
+        # standalone_mode=False: click returns ctx.exit(code)'s code instead of raising Exit
+        code = group.main(args=args, prog_name="collapse-probe", standalone_mode=False)
+        return code if isinstance(code, int) else EXIT_OK
     except click.exceptions.Exit as exit_:
         return int(exit_.exit_code)
     except click.ClickException as error:
         error.show()
-        return EXIT_USAGE
+        return error.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return EXIT_USAGE
@@ -50,4 +52,3 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
                 err=True,
             )
         return EXIT_INTERNAL
-    return EXIT_OK

@@ -10,7 +10,7 @@ Contrastive Self-supervised Learning", ICLR 2022).
 8.0
 """
 
-from collapse_probe import testing, theory
+from collapse_probe import testing
 from collapse_probe.accumulator import CovarianceAccumulator
 from collapse_probe.checkpoints import load_encoder
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
@@ -22,6 +22,15 @@ from collapse_probe.result import Spectrum, to_frame
 from collapse_probe.solve import solve_spectra
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `collapse_probe.theory` pulls in scipy and matplotlib: load it only when asked for.
+    if name == "theory":
+        import importlib
+
+        return importlib.import_module("collapse_probe.theory")
+    raise AttributeError(f"module 'collapse_probe' has no attribute {name!r}")
 
 __all__ = [
     "CollapseProbeError",

@@ -65,10 +65,16 @@ def pool_output(output: Any, pool: str, where: str) -> torch.Tensor:
 @contextmanager
 def capture_outputs(modules: dict[str, nn.Module], sink: Callable[[str, Any], None]) -> Iterator[None]:
     """Call ``sink(name, output)`` after each named module's forward; hooks removed on every exit."""
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            sink(name, output)  # a hook that returned a value would replace the module's output
+
+        return hook
+
     handles = []
     try:
         for name, module in modules.items():
-            handles.append(module.register_forward_hook(lambda _m, _i, out, _name=name: sink(_name, out)))
+            handles.append(module.register_forward_hook(hook_for(name)))
         yield
     finally:
         for handle in handles:

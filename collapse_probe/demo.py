@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.plot import plot_spectra
@@ -39,8 +40,8 @@ class DemoConfig:
     out: str = "demo_out"
     variants: tuple[str, ...] = tuple(VARIANTS)
     data: str = "builtin:digits"
-    epochs: int = 20
-    batch_size: int = 256
+    epochs: int | None = None  # None: the trainer's demo preset
+    batch_size: int | None = None
     seed: int = 0
     device: str | None = None
     max_steps_per_epoch: int | None = None
@@ -56,33 +57,41 @@ class DemoResult:
     table_path: Path
 
 
-def _train_variant(name: str, config: DemoConfig, out: Path) -> Any:
+def _variant_config(name: str, config: DemoConfig, out: Path) -> Any:
     from collapse_probe.ssl.config import preset_config
-    from collapse_probe.ssl.loop import train
 
-    settings = preset_config(
+    return preset_config(
         "demo", **VARIANTS[name], data=config.data, epochs=config.epochs, batch_size=config.batch_size,
         seed=config.seed, device=config.device, out=str(out / name), monitor_every=0,
-        max_steps_per_epoch=config.max_steps_per_epoch, log_every=10_000,
+        max_steps_per_epoch=config.max_steps_per_epoch, log_every=0,
     )
-    return train(settings)
 
 
-def run_demo(config: DemoConfig, *, report: Callable[[str], None] | None = None) -> DemoResult:
+def _probe_variant(model: Any, data: str, image_size: int) -> tuple[dict[str, Spectrum], float]:
+    """Both spaces' spectra on the held-out split, and kNN top-1 of the representation."""
+    from collapse_probe.ssl.data import eval_loader
+    from collapse_probe.ssl.evaluate import extract_features, knn_accuracy
+
+    val = eval_loader(data, "val", image_size, batch_size=512)
+    probed = spectrum(model, val, layers=list(SPACES.values()), progress=False)
+    train_x, train_y = extract_features(model.backbone, eval_loader(data, "train", image_size, batch_size=512))
+    val_x, val_y = extract_features(model.backbone, val)
+    return {space: probed[module] for space, module in SPACES.items()}, knn_accuracy(train_x, train_y, val_x, val_y)
+
+
+def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
     """Train every variant, probe both spaces on the held-out split, write ``demo.png`` + table.
 
     Args:
         config: what to train and where to write.
-        report: called with one progress line per stage (default: stderr).
+        progress: a tqdm bar over all training epochs on stderr.
 
     Returns:
         :class:`DemoResult`; ``table`` has columns variant, space, dim, effective_rank, rankme,
         collapsed_dims, knn_top1.
     """
-    from collapse_probe.ssl.data import eval_loader
-    from collapse_probe.ssl.evaluate import extract_features, knn_accuracy
+    from collapse_probe.ssl.loop import train
 
-    say = report or (lambda line: print(line, file=sys.stderr, flush=True))
     unknown = [v for v in config.variants if v not in VARIANTS]
     if unknown:
         raise CollapseProbeError(f"unknown demo variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -90,18 +99,13 @@ def run_demo(config: DemoConfig, *, report: Callable[[str], None] | None = None)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     spectra: dict[str, dict[str, Spectrum]] = {}
-    for index, name in enumerate(config.variants, start=1):
-        say(f"[{index}/{len(config.variants)}] training {name} for {config.epochs} epochs on {config.data}")
-        result = _train_variant(name, config, out)
-        model = result.model
-        image_size = result.config.image_size
-        val = eval_loader(config.data, "val", image_size, batch_size=512)
-        train_split = eval_loader(config.data, "train", image_size, batch_size=512)
-        probed = spectrum(model, val, layers=list(SPACES.values()), progress=False)
-        spectra[name] = {space: probed[module] for space, module in SPACES.items()}
-        train_x, train_y = extract_features(model.backbone, train_split)
-        val_x, val_y = extract_features(model.backbone, val)
-        knn = knn_accuracy(train_x, train_y, val_x, val_y)
+    settings = {name: _variant_config(name, config, out) for name in config.variants}
+    bar = tqdm(total=sum(s.epochs for s in settings.values()), desc="demo", unit="epoch", file=sys.stderr,
+               disable=not progress)
+    for name in config.variants:
+        bar.set_postfix_str(f"training {name}")
+        trained = train(settings[name], callbacks={"on_epoch_end": [lambda _state: bar.update(1)]})
+        spectra[name], knn = _probe_variant(trained.model, config.data, trained.config.image_size)
         for space, result_spectrum in spectra[name].items():
             rows.append({
                 "variant": name, "space": space, "dim": result_spectrum.dim,
@@ -109,6 +113,7 @@ def run_demo(config: DemoConfig, *, report: Callable[[str], None] | None = None)
                 "collapsed_dims": result_spectrum.collapsed_dims(), "knn_top1": knn,
             })
             result_spectrum.save(out / f"{name}_{space}.json")
+    bar.close()
     table = pd.DataFrame(rows)
     table_path = out / "demo.csv"
     table.to_csv(table_path, index=False)
@@ -127,6 +132,6 @@ def draw_demo_figure(spectra: dict[str, dict[str, Spectrum]], path: Path, spaces
     for ax, space in zip(axes, spaces, strict=True):
         plot_spectra({name: per_space[space] for name, per_space in spectra.items()}, ax=ax, relative=True)
         ax.set_title(f"{space} spectrum")
-    figure.suptitle("Dimensional collapse: projector output collapses, no projector collapses the representation")
+    figure.suptitle("Covariance spectra of the representation (backbone output) and the embedding (loss input)")
     figure.savefig(path, dpi=110)
     return path
