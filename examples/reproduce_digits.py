@@ -30,6 +30,14 @@ METHODS = {
     "simclr-none": dict(method="simclr", projector="none"),
     "directclr": dict(method="directclr"),
 }
+# The paper's Table-2 projectors (d0 defaults to 22 = 128 x 360 / 2048 for the fixed low-rank ones)
+ABLATION = {
+    "simclr-orthogonal": dict(method="simclr", projector="orthogonal"),
+    "simclr-diagonal": dict(method="simclr", projector="diagonal"),
+    "simclr-lowrank": dict(method="simclr", projector="lowrank"),
+    "simclr-lowrank-diagonal": dict(method="simclr", projector="lowrank-diagonal"),
+}
+ALL_METHODS = {**METHODS, **ABLATION}
 
 
 def evaluate(model, image_size: int) -> dict[str, float]:
@@ -50,7 +58,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -60,7 +68,7 @@ def main() -> None:
             if os.path.exists(os.path.join(run_dir, "result.json")):
                 continue  # done already: several invocations (e.g. one per seed) can share --out
             config = preset_config("demo", epochs=args.epochs, seed=seed, threads=args.threads, out=run_dir,
-                                   **METHODS[name])
+                                   **ALL_METHODS[name])
             start = time.time()
             result = train(config)
             row = {"method": name, "seed": seed, "epochs": args.epochs, "train_time_s": time.time() - start,
@@ -80,7 +88,7 @@ def main() -> None:
     json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=1)
     print_table(results)
     figure_path = os.path.join(args.out, "spectra.png")
-    make_figure(args.out, args.seeds[0], [m for m in METHODS if m in args.methods]).savefig(figure_path, dpi=90)
+    make_figure(args.out, args.seeds[0], [m for m in ALL_METHODS if m in args.methods]).savefig(figure_path, dpi=90)
     print(f"figure: {figure_path}")
 
 
@@ -110,7 +118,7 @@ def print_table(results: list[dict]) -> None:
             "embedding/effective_rank", "embedding/collapsed_dims"]
     print("| method | seeds | " + " | ".join(cols) + " |")
     print("|" + "---|" * (len(cols) + 2))
-    for name in [*METHODS, "random-init"]:
+    for name in [*ALL_METHODS, "random-init"]:
         rows = [r for r in results if r["method"] == name]
         if not rows:
             continue

@@ -76,3 +76,18 @@ def test_diagonal_starts_at_identity():
     proj = build_projector("diagonal", [6, 6])
     x = torch.randn(3, 6)
     torch.testing.assert_close(proj(x), x)
+
+
+@pytest.mark.parametrize("projector", ["mlp", "linear", "none", "orthogonal", "diagonal", "lowrank", "lowrank-diagonal"])
+def test_every_projector_round_trips_through_a_checkpoint_dict(projector):
+    from collapse_probe.ssl.checkpoint import FORMAT, build_model_from_checkpoint
+
+    model, arch = _model(projector=projector, d0=5, seed=7)
+    with torch.no_grad():  # move trainable weights away from their initial values
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    clone = build_model_from_checkpoint({"format": FORMAT, "arch": arch, "model": model.state_dict()})
+    x = torch.randn(4, 3, 16, 16)
+    model.eval(), clone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), model(x))
