@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.result import Spectrum
+from collapse_probe.result import Spectrum, json_safe
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def write_report_json(path: str | Path, results: Sequence[CheckResult], *, sourc
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(document), indent=1))
+    path.write_text(json.dumps(json_safe(document), indent=1))
     return path
 
 
@@ -149,11 +149,3 @@ def write_junit_xml(path: str | Path, results: Sequence[CheckResult], *, suite: 
     return path
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

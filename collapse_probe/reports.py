@@ -26,7 +26,7 @@ from collapse_probe.data.images import describe_error
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.plot import plot_spectra
 from collapse_probe.result import FORMAT as SPECTRUM_FORMAT
-from collapse_probe.result import Spectrum, to_frame
+from collapse_probe.result import Spectrum, json_safe, to_frame
 
 SPECTRA_FORMAT = "collapse-probe/spectra-v1"
 OUTPUT_NAME = "output"
@@ -54,7 +54,7 @@ def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relati
     ax.figure.savefig(paths["png"], dpi=120)
     to_frame(spectra).to_csv(paths["csv"])
     document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in spectra.items()}, "roles": {}, "source": {}}
-    paths["json"].write_text(json.dumps(_finite(document), indent=1))
+    paths["json"].write_text(json.dumps(json_safe(document), indent=1))
     return paths
 
 
@@ -70,7 +70,7 @@ def spectra_document(result: ProbeResult) -> dict[str, Any]:
 def json_report(result: ProbeResult) -> str:
     """:func:`spectra_document` plus a ``metrics`` block per layer, as strict JSON (NaN -> null)."""
     document = spectra_document(result) | {"metrics": {n: s.metrics() for n, s in result.spectra.items()}}
-    return json.dumps(_finite(document))
+    return json.dumps(json_safe(document))
 
 
 def load_spectra(path: str | Path) -> ProbeResult:
@@ -101,7 +101,7 @@ def write_outputs(result: ProbeResult, out: str | Path, *, stem: str = "spectrum
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(_finite(spectra_document(result)), indent=1))
+    paths["json"].write_text(json.dumps(json_safe(spectra_document(result)), indent=1))
     to_frame(result.spectra).to_csv(paths["csv"])
     write_plot(result.spectra, paths["png"])
     return paths
@@ -116,17 +116,9 @@ def write_plot(spectra: Mapping[str, Spectrum], path: str | Path) -> Path:
 
 def finite_metrics(s: Spectrum) -> dict[str, Any]:
     """``s.metrics()`` with NaN/inf as None, ready for strict JSON."""
-    return _finite(s.metrics())
+    return json_safe(s.metrics())
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None = None) -> str:

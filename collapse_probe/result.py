@@ -217,7 +217,7 @@ class Spectrum:
             "dim": self.dim,
             "n_samples": self.n_samples,
             "conventions": self.conventions(),
-            "metrics": _json_safe(self.metrics()),
+            "metrics": json_safe(self.metrics()),
             "eigenvalues": self.eigenvalues.tolist(),
             "uncentered_singular_values": self.uncentered_singular_values.tolist(),
             "mean": self.mean.tolist(),
@@ -311,8 +311,19 @@ class Spectrum:
         )
 
 
-def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively: strict JSON.
+
+    >>> json_safe({"alpha": float("nan"), "values": [1.0, float("inf")]})
+    {'alpha': None, 'values': [1.0, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def to_frame(spectra: Mapping[str, Spectrum] | Spectrum) -> pd.DataFrame:
