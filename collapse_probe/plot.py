@@ -19,6 +19,14 @@ def new_axes(width: float = 6.0, height: float = 4.0) -> Any:
     return figure.add_subplot()
 
 
+def _shorten(name: str, limit: int = 36) -> str:
+    """Keep legend entries readable: long names (checkpoint paths) lose their middle."""
+    if len(name) <= limit:
+        return name
+    keep = (limit - 3) // 2
+    return f"{name[:keep]}...{name[-keep:]}"
+
+
 def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: bool = False) -> Any:
     """The paper's plot: sorted covariance eigenvalues, log scale, against their index.
 
@@ -43,7 +51,7 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
         index = np.arange(1, values.size + 1)
         positive = values > 0
         zeros = int((~positive).sum())
-        label = f"{name} (d={spectrum.dim}, erank {spectrum.effective_rank:.1f}, collapsed {spectrum.collapsed_dims()})"
+        label = f"{_shorten(name)} (d={spectrum.dim}, erank {spectrum.effective_rank:.1f}, collapsed {spectrum.collapsed_dims()})"
         if zeros:
             label += f", {zeros} exact zeros"
         ax.plot(index[positive], values[positive], label=label, linewidth=1.5)
