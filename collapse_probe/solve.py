@@ -6,8 +6,9 @@ values, and the symmetric solver is an order of magnitude cheaper (PAPER.md; doc
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -15,6 +16,24 @@ from collapse_probe import functional as cpf
 from collapse_probe.accumulator import CovarianceAccumulator
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.result import Spectrum
+
+SINGLE_THREAD_MAX_DIM = 1024
+"""CPU solves up to this d run on one thread (docs/benchmarks.md, "Eigen-solves"): a 2-thread MKL
+eigvalsh costs 0.1-8 s of thread start-up on a busy 2-core machine, while one thread solves
+d = 512 in 13 ms; above it the second thread pays for itself."""
+
+
+@contextlib.contextmanager
+def _cpu_threads_for(stacked: torch.Tensor) -> Iterator[None]:
+    if stacked.device.type != "cpu" or stacked.shape[-1] > SINGLE_THREAD_MAX_DIM:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _check_square(matrix: torch.Tensor, index: int) -> None:
@@ -66,7 +85,8 @@ def solve_spectra(items: Sequence[CovarianceAccumulator | torch.Tensor]) -> list
     eigenvalues: list[torch.Tensor | None] = [None] * len(matrices)
     for positions in groups.values():
         stacked = torch.stack([matrices[p] for p in positions])
-        solved = cpf.symmetric_eigenvalues(stacked)
+        with _cpu_threads_for(stacked):
+            solved = cpf.symmetric_eigenvalues(stacked)
         for p, values in zip(positions, solved, strict=True):
             eigenvalues[p] = values
 
