@@ -16,7 +16,7 @@ from collapse_probe.pipeline import layer_table
 @options.device
 @options.trust_checkpoint
 @options.allow_partial
-def layers(checkpoint: str, arch: str | None, image_size: int, device: str, trust_checkpoint: bool,
+def layers(checkpoint: str, arch: str | None, image_size: int | None, device: str, trust_checkpoint: bool,
            allow_partial: bool) -> None:
     """List CHECKPOINT's probeable modules (names for --layer) with output shapes.
 
@@ -29,7 +29,7 @@ def layers(checkpoint: str, arch: str | None, image_size: int, device: str, trus
       collapse-probe layers resnet50.pth --arch resnet50
     """
     loaded = load_encoder_with_report(checkpoint, arch, trust_checkpoint=trust_checkpoint, allow_partial=allow_partial)
-    rows = layer_table(loaded.model, image_size=image_size, device=device)
+    rows = layer_table(loaded.model, image_size=image_size or loaded.image_size or 224, device=device)
     width = max(len(name) for name, _, _ in rows)
     type_width = max(len(kind) for _, kind, _ in rows)
     for name, kind, shape in rows:

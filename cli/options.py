@@ -46,8 +46,8 @@ workers = click.option("--workers", type=click.IntRange(min=0), default=lambda: 
 device = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:i]")
 precision = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
                          show_default=True, help="Forward precision (statistics are always float64).")
-image_size = click.option("--image-size", type=click.IntRange(min=1), default=224, show_default=True,
-                          help="Centre-crop size.")
+image_size = click.option("--image-size", type=click.IntRange(min=1), default=None,
+                          help="Centre-crop size [default: 224, or the training crop size a collapse-probe trainer checkpoint records].")
 resize = click.option("--resize", type=click.IntRange(min=1), default=None,
                       help="Shorter side before the crop [default: image-size * 256/224, i.e. 256].")
 max_samples = click.option("--max-samples", type=click.IntRange(min=2), default=None,

@@ -99,6 +99,7 @@ class LoadedEncoder:
     model: nn.Module
     report: LoadReport
     default_layers: dict[str, str] = field(default_factory=dict)
+    image_size: int | None = None  # the training crop size, when the checkpoint records it
 
 
 class ExportedEncoder(nn.Module):
@@ -291,11 +292,15 @@ def _trainer_model(path: Path, ckpt: Mapping[str, Any]) -> LoadedEncoder:
     layers = {"backbone": "representation"}
     if getattr(model, "projector", None) is not None:
         layers["projector"] = "embedding"
+    elif getattr(model, "truncate", None) is not None:  # DirectCLR: the loss sees r[:, :d0]
+        layers["embedding"] = "embedding"
+    config = ckpt.get("config")
+    image_size = config.get("image_size") if isinstance(config, Mapping) else None
     arch = ckpt.get("arch")
     arch_name = arch.get("backbone") if isinstance(arch, Mapping) else None
     n = len(model.state_dict())
     report = LoadReport(str(path), "collapse-probe trainer checkpoint", "model", arch_name, n_loaded=n, n_expected=n)
-    return LoadedEncoder(model, report, layers)
+    return LoadedEncoder(model, report, layers, image_size=int(image_size) if image_size else None)
 
 
 def _arch_model(path: Path, kind: str, obj: Any, arch: str | None, allow_partial: bool) -> LoadedEncoder:

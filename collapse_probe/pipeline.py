@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ from collapse_probe.probe import spectrum
 from collapse_probe.reports import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
 from collapse_probe.result import Spectrum
 
+DEFAULT_IMAGE_SIZE = 224
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """How images become batches (see :func:`collapse_probe.data.images.open_images`)."""
 
     data: str
-    image_size: int = 224
+    image_size: int | None = None  # None: the checkpoint's training crop size, else 224
     resize: int | None = None
     batch_size: int = 64
     workers: int = 0
@@ -115,6 +117,9 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[
         keys = [[f"models.m{i}.{name}" for name in plan] or [f"outputs.m{i}"] for i, plan in enumerate(plans)]
         hooks = [key for group in keys for key in group]
     d = config.data
+    if d.image_size is None:
+        trained_sizes = {item.image_size for item in loaded if item.image_size}
+        d = replace(d, image_size=trained_sizes.pop() if len(trained_sizes) == 1 else DEFAULT_IMAGE_SIZE)
     loader = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
                          workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
     solved = spectrum(target, loader, layers=hooks, device=device, normalize=config.normalize,

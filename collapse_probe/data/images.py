@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from collapse_probe.data.builtin import builtin_dataset, is_builtin
+from collapse_probe.data.builtin import builtin_dataset, builtin_info, is_builtin
 from collapse_probe.errors import CollapseProbeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -183,6 +183,10 @@ def open_images(
     """
     transform = eval_transform(image_size, resize)
     if is_builtin(str(data)):
+        # built-in images are small and centred: resize whole (no crop), normalise by their own
+        # statistics, as the trainer's evaluation does
+        info = builtin_info(str(data))
+        transform = eval_transform(image_size, resize or image_size, mean=info.mean, std=info.std)
         dataset: torch.utils.data.Dataset = _BuiltinItems(builtin_dataset(str(data), split="val", transform=transform))
         if max_samples is not None and max_samples < len(dataset):
             dataset = torch.utils.data.Subset(dataset, range(max_samples))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,29 @@ def test_solo_learn_checkpoint_probes_both_spaces(tmp_path, resnet_state, image_
     assert [document["layers"][n]["dim"] for n in ("backbone", "projector")] == [512, 8]
     code, stdout, _ = invoke(["layers", tmp_path / "solo.ckpt", "--arch", "resnet18", "--image-size", "32"])
     assert code == 0 and "backbone.layer4" in stdout and "[embedding]" in stdout
+
+
+def test_directclr_checkpoint_uses_its_training_size_and_matches_the_library(tmp_path, invoke):
+    """No --image-size: the crop size stored in the checkpoint's config is used, DirectCLR's
+    embedding r[:, :d0] is probed too, and the numbers equal a direct library call."""
+    from collapse_probe import spectrum
+    from collapse_probe.ssl.checkpoint import FORMAT
+    from collapse_probe.ssl.config import TrainConfig
+    from collapse_probe.ssl.data import eval_loader
+    from collapse_probe.ssl.model import build_model
+
+    config = TrainConfig(arch="smallcnn", width=8, method="directclr", d0=5, image_size=16)
+    model, arch = build_model(config)
+    torch.save({"format": FORMAT, "arch": arch, "config": config.to_dict(), "model": model.state_dict()}, tmp_path / "d.pt")
+    code, stdout, stderr = invoke(["spectrum", tmp_path / "d.pt", "--data", "builtin:digits", "--json", "--quiet",
+                                   "--workers", "0", "--out", tmp_path / "out"])
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    assert document["roles"] == {"backbone": "representation", "embedding": "embedding"}
+    expected = spectrum(model, eval_loader("builtin:digits", "val", 16), layers=["backbone", "embedding"], progress=False)
+    for name in ("backbone", "embedding"):  # PIL vs tensor resampling of the 32 px digits to 16 px
+        got = np.asarray(document["layers"][name]["eigenvalues"])
+        want = expected[name].eigenvalues.numpy()
+        np.testing.assert_allclose(got[:5], want[:5], rtol=2e-2)
+        assert document["layers"][name]["metrics"]["effective_rank"] == pytest.approx(expected[name].effective_rank, rel=1e-2)
+    assert document["layers"]["embedding"]["dim"] == 5
