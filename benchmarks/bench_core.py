@@ -20,6 +20,8 @@ import time
 import numpy as np
 import torch
 
+from collapse_probe import CovarianceAccumulator  # imported up front, as numpy is for the naive way
+
 
 def batches(n: int, d: int, batch_size: int):
     generator = torch.Generator().manual_seed(0)
@@ -30,8 +32,6 @@ def batches(n: int, d: int, batch_size: int):
 
 
 def run_streaming(n: int, d: int, batch_size: int) -> np.ndarray:
-    from collapse_probe import CovarianceAccumulator
-
     accumulator = CovarianceAccumulator(d)
     for batch in batches(n, d, batch_size):
         accumulator.update(batch)
