@@ -2,7 +2,8 @@
 
 * eigvalsh vs svdvals of a d x d float64 covariance (why the library uses eigvalsh);
 * one batched eigvalsh of k matrices vs k single calls (what solve_spectra does);
-* float64 vs float32 eigvalsh.
+* float64 vs float32 eigvalsh;
+* a fresh process's first solve on 1 vs 2 threads (why CPU solves run single-threaded).
 
     python benchmarks/bench_solve.py --dims 128 512 2048 --batch 16
 """
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 
 import torch
@@ -28,6 +31,25 @@ def best_of(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+FIRST_CALL = """
+import time, torch
+torch.set_num_threads({threads})
+g = torch.Generator().manual_seed(0)
+z = torch.randn(2 * {d}, {d}, generator=g, dtype=torch.float64)
+c = torch.stack([z.T @ z, z.T @ z + 1])
+t0 = time.perf_counter(); torch.linalg.eigvalsh(c); t1 = time.perf_counter(); torch.linalg.eigvalsh(c)
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def first_call_seconds(d: int, threads: int) -> tuple[float, float]:
+    """(first, second) stacked solve of two d x d matrices in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", FIRST_CALL.format(d=d, threads=threads)],
+                         check=True, capture_output=True, text=True)
+    first, second = out.stdout.split()
+    return float(first), float(second)
 
 
 def main() -> None:
@@ -50,6 +72,13 @@ def main() -> None:
         batched = best_of(lambda stack=stack: torch.linalg.eigvalsh(stack), args.repeats)
         looped = best_of(lambda stack=stack: [torch.linalg.eigvalsh(m) for m in stack], args.repeats)
         print(f"| {d} | {1e3 * eig:.1f} | {1e3 * svd:.1f} | {svd / eig:.1f}x | {1e3 * eig32:.1f} | {1e3 * batched:.1f} (k={k}) | {1e3 * looped:.1f} | {looped / batched:.2f}x |")
+    print("\nFresh process, two stacked d x d float64 matrices (solve_spectra's covariance + Gram pair):")
+    print("| d | 1 thread: first / second call (ms) | 2 threads: first / second call (ms) |")
+    print("|---|---|---|")
+    for d in args.dims:
+        one = min((first_call_seconds(d, 1) for _ in range(args.repeats)), key=lambda t: t[0])
+        two = min((first_call_seconds(d, 2) for _ in range(args.repeats)), key=lambda t: t[0])
+        print(f"| {d} | {1e3 * one[0]:.0f} / {1e3 * one[1]:.0f} | {1e3 * two[0]:.0f} / {1e3 * two[1]:.0f} |")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from collapse_probe.result import Spectrum
 
 SINGLE_THREAD_MAX_DIM = 4096
 """CPU solves up to this d run on one thread (docs/benchmarks.md, "Eigen-solves"). Measured on a
-2-core CPU: a process's first 2-thread MKL ``eigvalsh`` pays about 0.6 s of thread start-up
-(2 stacked d = 2048 matrices: 1.29 s vs 0.71 s on one thread; 0.1-8 s under load), while a warm
-second thread saves only 0.14 s at d = 2048. Most probes solve once per process."""
+2-core CPU: on a quiet machine one thread costs 15% at d = 2048 (662 vs 578 ms for the
+covariance + Gram pair) and nothing below; with one other busy process a 2-thread MKL
+``eigvalsh`` stalled 9x (3.04 s vs 0.34 s for one d = 2048 matrix). Bounded loss, unbounded gain."""
 
 
 @contextlib.contextmanager
