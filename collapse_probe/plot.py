@@ -11,6 +11,10 @@ if TYPE_CHECKING:
     from collapse_probe.result import Spectrum
 
 
+FLOOR = 1e-15
+"""Relative to the largest eigenvalue: below this, float64 round-off (plots draw it there)."""
+
+
 def new_axes(width: float = 6.0, height: float = 4.0) -> Any:
     """A fresh Axes on a pyplot-free Figure (safe in threads, servers and tests)."""
     from matplotlib.figure import Figure
@@ -31,8 +35,9 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
     """The paper's plot: sorted covariance eigenvalues, log scale, against their index.
 
     Several spectra share one Axes for comparison; each legend entry gives the effective rank and
-    the number of collapsed dimensions. Exact zeros cannot sit on a log axis: they are left out of
-    the line and counted in the legend.
+    the number of collapsed dimensions. Eigenvalues below ``FLOOR`` (1e-15) of a spectrum's
+    largest are float64 round-off, exact zeros included: they are drawn at that floor, so a
+    collapsed tail shows as a cliff down to it instead of stretching the axis to 1e-35.
 
     Args:
         spectra: name -> Spectrum.
@@ -46,15 +51,15 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
         ax = new_axes()
     for name, spectrum in spectra.items():
         values = spectrum.eigenvalues.numpy().copy()
-        if relative and values[0] > 0:
-            values = values / values[0]
-        index = np.arange(1, values.size + 1)
-        positive = values > 0
-        zeros = int((~positive).sum())
+        top = values[0] if values.size and values[0] > 0 else 1.0
+        if relative:
+            values, top = values / top, 1.0
+        floor = FLOOR * top
+        below = int((values < floor).sum())
         label = f"{_shorten(name)} (d={spectrum.dim}, erank {spectrum.effective_rank:.1f}, collapsed {spectrum.collapsed_dims()})"
-        if zeros:
-            label += f", {zeros} exact zeros"
-        ax.plot(index[positive], values[positive], label=label, linewidth=1.5)
+        if below:
+            label += f", {below} at the floor"
+        ax.plot(np.arange(1, values.size + 1), np.maximum(values, floor), label=label, linewidth=1.5)
     ax.set_yscale("log")
     ax.set_xlabel("singular value rank index")
     ax.set_ylabel("covariance eigenvalue" + (" / largest" if relative else "") + " (log scale)")

@@ -103,7 +103,8 @@ def test_frames_and_plot():
     assert a.to_frame().shape[0] == 1
     ax = plot_spectra({"a": a, "b": b})
     assert len(ax.get_lines()) == 2 and ax.get_yscale() == "log"
-    assert len(ax.get_lines()[1].get_xdata()) == 2  # exact zeros left off the log axis
+    zeros_drawn = ax.get_lines()[1].get_ydata()
+    assert len(zeros_drawn) == 4 and zeros_drawn[-1] == pytest.approx(1e-15)  # exact zeros at the floor
 
 
 def test_alpha_fit_range_errors_are_clear():
