@@ -6,9 +6,8 @@ values, and the symmetric solver is an order of magnitude cheaper (PAPER.md; doc
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -16,25 +15,13 @@ from collapse_probe import functional as cpf
 from collapse_probe.accumulator import CovarianceAccumulator
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.result import Spectrum
+from collapse_probe.threads import single_threaded
 
 SINGLE_THREAD_MAX_DIM = 4096
 """CPU solves up to this d run on one thread (docs/benchmarks.md, "Eigen-solves"). Measured on a
 2-core CPU: on a quiet machine one thread costs 15% at d = 2048 (662 vs 578 ms for the
 covariance + Gram pair) and nothing below; with one other busy process a 2-thread MKL
 ``eigvalsh`` stalled 9x (3.04 s vs 0.34 s for one d = 2048 matrix). Bounded loss, unbounded gain."""
-
-
-@contextlib.contextmanager
-def _cpu_threads_for(stacked: torch.Tensor) -> Iterator[None]:
-    if stacked.device.type != "cpu" or stacked.shape[-1] > SINGLE_THREAD_MAX_DIM:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_square(matrix: torch.Tensor, index: int) -> None:
@@ -86,7 +73,7 @@ def solve_spectra(items: Sequence[CovarianceAccumulator | torch.Tensor]) -> list
     eigenvalues: list[torch.Tensor | None] = [None] * len(matrices)
     for positions in groups.values():
         stacked = torch.stack([matrices[p] for p in positions])
-        with _cpu_threads_for(stacked):
+        with single_threaded(stacked.device.type == "cpu" and stacked.shape[-1] <= SINGLE_THREAD_MAX_DIM):
             solved = cpf.symmetric_eigenvalues(stacked)
         for p, values in zip(positions, solved, strict=True):
             eigenvalues[p] = values

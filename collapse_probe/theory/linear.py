@@ -10,13 +10,13 @@ pass serves them all, and their parameters never interact.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from collapse_probe.ssl.losses import info_nce
+from collapse_probe.threads import single_threaded
 
 __all__ = [
     "LinearChain",
@@ -97,24 +97,6 @@ class LinearChain(nn.Module):
         return [w.detach().clone() for w in self.weights]
 
 
-@contextmanager
-def _single_threaded_on_cpu(device: torch.device) -> Iterator[None]:
-    """Run tiny CPU matmuls on one thread, then restore the caller's setting.
-
-    The toy problems are (128 x 16) matrices: intra-op threads only add synchronisation, and on
-    a busy 2-core machine measured 14-22x slower than one thread.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def train_contrastive(
     models: Sequence[nn.Module],
     data: torch.Tensor,
@@ -152,7 +134,8 @@ def train_contrastive(
     params = [p for model in models for p in model.parameters()]
     optimizer = torch.optim.SGD(params, lr=lr)
     noise_std = noise_std.to(device=data.device, dtype=data.dtype)
-    with _single_threaded_on_cpu(data.device):
+    # (128 x 16) matmuls: intra-op threads only add synchronisation (14-22x slower measured on a busy 2-core CPU)
+    with single_threaded(data.device.type == "cpu"):
         return _sgd_loop(
             models, data, noise_std, optimizer, steps=steps, batch_size=batch_size,
             temperature=temperature, generator=generator, callback=callback, every=every,

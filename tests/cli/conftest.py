@@ -13,15 +13,15 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from collapse_probe.threads import single_threaded
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny probes on shared cores: one intra-op thread avoids oversubscription stalls (measured
     under load: 10 s with one thread vs 34 s with two for the same probe). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_threaded():
+        yield
 
 #: Small images keep the whole area fast: crop 32, resize 36.
 IMAGE_ARGS = ["--image-size", "32", "--resize", "36", "--workers", "0", "--batch-size", "4", "--quiet"]
