@@ -134,7 +134,7 @@ def spectrum(
         device: where the forward and the statistics run; default the model's device.
         normalize: L2-normalise each vector first (the paper's public script does).
         center: subtract the mean (the paper's covariance); False for the raw second moment.
-        max_samples: stop after this many rows.
+        max_samples: stop after this many rows (per process under torch.distributed).
         input_fn: ``batch -> model input``, overriding :func:`default_input`.
         pool: (B, C, H, W) -> (B, C) by ``"avg"`` (default), ``"max"`` or ``"flatten"``;
             (B, T, D) tokens by ``"avg"``/``"max"`` over T or ``"cls"`` (token 0).
