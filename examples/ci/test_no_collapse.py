@@ -35,7 +35,8 @@ def encoder(tmp_path_factory):
 
 
 def test_representation_has_not_collapsed(encoder):
-    loader = open_images(DATA, image_size=32, batch_size=128, max_samples=300)
+    # the crop size a collapse-probe trainer checkpoint was trained at, else 32 px for the stand-in
+    loader = open_images(DATA, image_size=encoder.image_size or 32, batch_size=128, max_samples=300)
     layers = list(encoder.default_layers) or None
     spectra = assert_no_collapse(encoder.model, loader, layers=layers, min_effective_rank=2.0,
                                  max_collapsed_fraction=0.95, device="cpu")
