@@ -4,7 +4,6 @@ from pathlib import Path
 
 import click
 import pytest
-
 from collapse_probe_cli.main import cli
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
