@@ -116,7 +116,8 @@ class CovarianceAccumulator:
         self.count = torch.zeros((), **zeros)
         self.mean = torch.zeros(self.dim, **zeros)
         self.m2 = torch.zeros(self.dim, self.dim, **zeros)
-        self.nonfinite_rows = torch.zeros((), dtype=torch.int64, device=self.device)
+        # rows dropped (skip_nonfinite=True) or batches holding NaN/Inf (otherwise), on the device
+        self.nonfinite_count = torch.zeros((), dtype=torch.int64, device=self.device)
         self.first_bad_batch = torch.full((), NO_BAD_BATCH, dtype=torch.int64, device=self.device)
         self.batches_seen = 0
         self.input_dtype: torch.dtype | None = None
@@ -133,7 +134,7 @@ class CovarianceAccumulator:
             "count": self.count.cpu(),
             "mean": self.mean.cpu(),
             "m2": self._rank_update.full(self.m2).cpu(),
-            "nonfinite_rows": self.nonfinite_rows.cpu(),
+            "nonfinite_count": self.nonfinite_count.cpu(),
             "first_bad_batch": self.first_bad_batch.cpu(),
             "batches_seen": self.batches_seen,
             "input_dtype": None if self.input_dtype is None else str(self.input_dtype),
@@ -148,7 +149,7 @@ class CovarianceAccumulator:
         self.count = state["count"].to(**to).clone()
         self.mean = state["mean"].to(**to).clone()
         self.m2 = state["m2"].to(**to).clone().contiguous()
-        self.nonfinite_rows = state["nonfinite_rows"].to(self.device).clone()
+        self.nonfinite_count = state["nonfinite_count"].to(self.device).clone()
         self.first_bad_batch = state["first_bad_batch"].to(self.device).clone()
         self.batches_seen = int(state["batches_seen"])
         self.input_dtype = None if state["input_dtype"] is None else _dtype_from_name(state["input_dtype"])
@@ -175,27 +176,33 @@ class CovarianceAccumulator:
         rows = torch.empty(z.shape[0] + 1, self.dim, dtype=self.dtype, device=self.device)
         values = rows[:-1]
         values.copy_(z.detach())
-        finite_rows = torch.isfinite(values).all(dim=1)
-        bad_rows = (~finite_rows).sum()
-        self.nonfinite_rows += bad_rows
-        self.first_bad_batch = torch.where(
-            (bad_rows > 0) & (self.first_bad_batch == NO_BAD_BATCH),
-            torch.full_like(self.first_bad_batch, batch_index),
-            self.first_bad_batch,
-        )
         if self.skip_nonfinite:
+            finite_rows = torch.isfinite(values).all(dim=1)
+            bad_rows = (~finite_rows).sum()
+            self.nonfinite_count += bad_rows
+            self._note_bad_batch(bad_rows > 0, batch_index)
             weights = finite_rows.to(self.dtype)[:, None]
             values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).mul_(weights)
-            n_batch = weights.sum()
+            n_batch: torch.Tensor | float = weights.sum()
         else:
             weights = None
             n_batch = float(values.shape[0])  # known on the host: no host-to-device copy
         if self.normalize:
             values.copy_(F.normalize(values, dim=1))
-        self._merge_batch(rows, n_batch, weights)
+        batch_mean = self._merge_batch(rows, n_batch, weights)
+        if not self.skip_nonfinite:
+            # Any NaN/Inf in the batch makes its float64 mean non-finite (finite float32 values
+            # cannot overflow a float64 sum): a d-element check instead of a pass over B x d.
+            bad = ~torch.isfinite(batch_mean).all()
+            self.nonfinite_count += bad
+            self._note_bad_batch(bad, batch_index)
 
-    def _merge_batch(self, rows: torch.Tensor, n_batch: torch.Tensor | float, weights: torch.Tensor | None) -> None:
-        """Chan update with this batch; ``rows[:-1]`` holds it, ``rows[-1]`` is scratch."""
+    def _note_bad_batch(self, bad: torch.Tensor, batch_index: int) -> None:
+        """Keep the index of the first batch with non-finite values, on the device."""
+        self.first_bad_batch = torch.where(bad, self.first_bad_batch.clamp(max=batch_index), self.first_bad_batch)
+
+    def _merge_batch(self, rows: torch.Tensor, n_batch: torch.Tensor | float, weights: torch.Tensor | None) -> torch.Tensor:
+        """Chan update with this batch; ``rows[:-1]`` holds it, ``rows[-1]`` is scratch. Returns its mean."""
         values = rows[:-1]
         safe_n_batch = torch.clamp(n_batch, min=1.0) if isinstance(n_batch, torch.Tensor) else max(n_batch, 1.0)
         batch_mean = values.sum(dim=0) / safe_n_batch
@@ -209,6 +216,7 @@ class CovarianceAccumulator:
         self._rank_update.add_gram_(self.m2, rows)
         self.mean += delta * (n_batch / torch.clamp(total, min=1.0))
         self.count = total
+        return batch_mean
 
     def merge(self, other: CovarianceAccumulator) -> None:
         """Fold ``other``'s samples into this accumulator (parallel update; ``other`` unchanged)."""
@@ -228,7 +236,7 @@ class CovarianceAccumulator:
             other._rank_update.full(other.m2).to(**to),
         )
         self.m2 = m2.contiguous()
-        self.nonfinite_rows = self.nonfinite_rows + other.nonfinite_rows.to(self.device)
+        self.nonfinite_count = self.nonfinite_count + other.nonfinite_count.to(self.device)
         other_bad = other.first_bad_batch.to(self.device)
         other_bad = torch.where(other_bad == NO_BAD_BATCH, other_bad, other_bad + self.batches_seen)
         self.first_bad_batch = torch.minimum(self.first_bad_batch, other_bad)
@@ -256,7 +264,7 @@ class CovarianceAccumulator:
         offset = self.mean - mean
         m2 = self._rank_update.full(self.m2) + torch.outer(offset, offset) * self.count
         dist.all_reduce(m2, group=group)
-        nonfinite = self.nonfinite_rows.clone()
+        nonfinite = self.nonfinite_count.clone()
         dist.all_reduce(nonfinite, group=group)
         batches = torch.tensor(self.batches_seen, device=self.device)
         dist.all_reduce(batches, group=group)
@@ -265,7 +273,7 @@ class CovarianceAccumulator:
         )
         dist.all_reduce(first_bad_encoded, op=dist.ReduceOp.MIN, group=group)
         self.count, self.mean, self.m2 = count, mean, m2.contiguous()
-        self.nonfinite_rows = nonfinite
+        self.nonfinite_count = nonfinite
         self.batches_seen = int(batches)
         self.first_bad_batch = first_bad_encoded
         self._bad_batch_world = world
@@ -275,7 +283,7 @@ class CovarianceAccumulator:
     def _finalize_checks(self) -> tuple[int, int]:
         """Read the on-device flags once; raise for non-finite input or too few samples."""
         count, nonfinite, first_bad = (int(v) for v in torch.stack(
-            [self.count.to(torch.int64), self.nonfinite_rows, self.first_bad_batch]
+            [self.count.to(torch.int64), self.nonfinite_count, self.first_bad_batch]
         ).cpu())
         where = f"layer {self.layer!r}" if self.layer else "the model output"
         if nonfinite and not self.skip_nonfinite:
@@ -285,7 +293,7 @@ class CovarianceAccumulator:
             else:
                 place = f"batch {first_bad}"
             raise NonFiniteEmbeddingError(
-                f"non-finite embeddings (NaN/Inf) in {where}, first in {place} ({nonfinite} rows); "
+                f"non-finite embeddings (NaN/Inf) in {where}, first in {place} ({nonfinite} batches affected); "
                 "pass skip_nonfinite=True to drop such rows"
             )
         if self.batches_seen == 0:

@@ -172,7 +172,7 @@ def test_nonfinite_rows_name_layer_and_first_batch_or_are_skipped():
     strict = CovarianceAccumulator(3, layer="layer4")
     for start in range(0, 40, 10):
         strict.update(bad[start : start + 10])
-    with pytest.raises(NonFiniteEmbeddingError, match=r"layer 'layer4', first in batch 2 \(2 rows\)"):
+    with pytest.raises(NonFiniteEmbeddingError, match=r"layer 'layer4', first in batch 2 \(2 batches affected\)"):
         strict.compute()
     lenient = CovarianceAccumulator(3, skip_nonfinite=True)
     for start in range(0, 40, 10):
@@ -197,3 +197,14 @@ def test_update_never_modifies_the_callers_tensor():
     accumulator = CovarianceAccumulator(4, normalize=True)
     accumulator.update(z)
     assert torch.equal(z, before)
+
+
+def test_opposite_infinities_in_one_column_are_still_caught():
+    """+inf and -inf cancel to NaN in the batch mean: the cheap strict-mode check still fires."""
+    z = torch.randn(12, 3, dtype=torch.float64)
+    z[2, 1], z[7, 1] = float("inf"), float("-inf")
+    accumulator = CovarianceAccumulator(3)
+    accumulator.update(torch.randn(5, 3))
+    accumulator.update(z)
+    with pytest.raises(NonFiniteEmbeddingError, match=r"first in batch 1 \(1 batches affected\)"):
+        accumulator.compute()
