@@ -18,6 +18,7 @@ from torch import nn
 
 from collapse_probe.checkpoints import load_encoder_with_report
 from collapse_probe.data.images import open_images
+from collapse_probe.devices import parse_device
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.probe import spectrum
 from collapse_probe.reports import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
@@ -54,25 +55,6 @@ class ProbeConfig:
     progress: bool = True
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu``, ``cuda``, ``cuda:i`` checked.
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise CollapseProbeError(f"--device {device!r}: use auto, cpu, cuda or cuda:INDEX") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CollapseProbeError(f"--device {device}: CUDA is not available on this machine")
-    if resolved.type not in ("cpu", "cuda", "mps"):
-        raise CollapseProbeError(f"--device {device!r}: use auto, cpu, cuda or cuda:INDEX")
-    return resolved
-
-
 class ModelBundle(nn.Module):
     """Several encoders behind one forward, so one pass over the data probes them all.
 
@@ -104,7 +86,7 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[
     captured in the same pass and solved in one batched call (equal dimensions share one
     ``eigvalsh``), through :func:`collapse_probe.spectrum`.
     """
-    device = resolve_device(config.device)
+    device = parse_device(config.device)
     loaded = [load_encoder_with_report(p, config.arch, trust_checkpoint=config.trust_checkpoint,
                                        allow_partial=config.allow_partial) for p in paths]
     plans = [_layer_plan(item.default_layers, config.layers) for item in loaded]
@@ -183,7 +165,7 @@ def layer_table(model: nn.Module, *, image_size: int = 224, device: str | None =
 
     hookable = not isinstance(model, torch.jit.ScriptModule)  # scripted submodules take no hooks
     modules = {n: m for n, m in model.named_modules() if n} if hookable else {}
-    device = resolve_device(device)
+    device = parse_device(device)
     x = torch.randn(2, 3, image_size, image_size, device=device)
     try:
         with eval_mode(model), torch.inference_mode(), capture_outputs(modules, record):

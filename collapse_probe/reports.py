@@ -26,7 +26,7 @@ from collapse_probe.data.images import describe_error
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.plot import plot_spectra
 from collapse_probe.result import FORMAT as SPECTRUM_FORMAT
-from collapse_probe.result import Spectrum, json_safe, to_frame
+from collapse_probe.result import Spectrum, json_safe, read_json_file, to_frame
 
 SPECTRA_FORMAT = "collapse-probe/spectra-v1"
 OUTPUT_NAME = "output"
@@ -76,12 +76,7 @@ def json_report(result: ProbeResult) -> str:
 def load_spectra(path: str | Path) -> ProbeResult:
     """Read ``spectrum.json`` (spectra-v1) or a single :meth:`Spectrum.save` file."""
     path = Path(path)
-    if not path.is_file():
-        raise CollapseProbeError(f"spectrum file not found: {path}")
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CollapseProbeError(f"{path} is not a spectrum JSON file ({error})") from None
+    document = read_json_file(path)
     if isinstance(document, dict) and document.get("format") == SPECTRUM_FORMAT:
         single = Spectrum.from_dict(document)
         return ProbeResult({single.layer or OUTPUT_NAME: single}, source={"spectrum_file": str(path)})

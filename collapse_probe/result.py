@@ -260,12 +260,7 @@ class Spectrum:
     def load(cls, path: str | Path) -> Spectrum:
         """Read a spectrum JSON written by :meth:`save`."""
         path = Path(path)
-        if not path.is_file():
-            raise CollapseProbeError(f"spectrum file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CollapseProbeError(f"{path} is not valid JSON: {error}") from None
+        data = read_json_file(path)
         try:
             return cls.from_dict(data)
         except KeyError as error:
@@ -309,6 +304,16 @@ class Spectrum:
             f"effective_rank={self.effective_rank:.2f}, rankme={self.rankme:.2f}, "
             f"collapsed_dims={self.collapsed_dims()})"
         )
+
+
+def read_json_file(path: Path) -> Any:
+    """The parsed JSON document at ``path``; a one-line error if it is missing or not JSON."""
+    if not path.is_file():
+        raise CollapseProbeError(f"spectrum file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CollapseProbeError(f"{path} is not valid JSON: {error}") from None
 
 
 def json_safe(value: Any) -> Any:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collapse_probe.devices import parse_device
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.ssl.checkpoint import (
     CHECKPOINT_NAME,
@@ -117,9 +118,7 @@ def global_loss(z: torch.Tensor, *, loss: str = "info_nce", temperature: float =
 
 def resolve_device(name: str | None, dist: DistInfo | None = None) -> torch.device:
     """``name`` as a device; None picks CUDA (this process's GPU under torchrun) when available."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = parse_device(name)
     if device.type == "cuda" and device.index is None and dist is not None and dist.world_size > 1:
         device = torch.device("cuda", dist.local_rank)
     return device

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from collapse_probe.result import json_safe
 from collapse_probe.theory.depth import DepthConfig, DepthResult, simulate_depth
 from collapse_probe.theory.figures import (
     plot_alignment,
@@ -42,18 +43,8 @@ class TheoryReport:
     results: dict[str, Any]
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _write_json(path: Path, data: dict) -> Path:
-    path.write_text(json.dumps(_json_safe(data), indent=1))
+    path.write_text(json.dumps(json_safe(data), indent=1))
     return path
 
 

@@ -10,28 +10,18 @@ from dataclasses import dataclass
 
 import torch
 
+from collapse_probe.devices import parse_device
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.result import Spectrum
 from collapse_probe.theory.linear import LinearChain, gaussian_inputs
 
-__all__ = ["SimulationConfig", "check", "embedding_spectrum", "resolve_device", "setup", "svdvals"]
+__all__ = ["SimulationConfig", "check", "embedding_spectrum", "setup", "svdvals"]
 
 
 def check(condition: bool, message: str) -> None:
     """Raise a one-line :class:`CollapseProbeError` unless ``condition``."""
     if not condition:
         raise CollapseProbeError(message)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, or a one-line error for an unknown or unavailable device."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CollapseProbeError(f"unknown device {name!r}: use cpu, cuda or cuda:<index>") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CollapseProbeError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    return device
 
 
 @dataclass(frozen=True)
@@ -52,12 +42,12 @@ class SimulationConfig:
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(steps >= 0, f"steps must be >= 0, got {steps}")
         check(lr > 0, f"lr must be > 0, got {lr}")
-        resolve_device(self.device)
+        parse_device(self.device)
 
 
 def setup(config: SimulationConfig) -> tuple[torch.device, torch.Generator, torch.Tensor]:
     """The device, a generator seeded with ``config.seed`` on it, and the (n_samples, dim) inputs."""
-    device = resolve_device(config.device)
+    device = parse_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     data = gaussian_inputs(config.n_samples, config.dim, generator=generator, device=device)
     return device, generator, data
