@@ -9,19 +9,29 @@ Two paths give the same tensors up to resampling differences:
   JPEGs are decoded in batches by ``torchvision.io.decode_jpeg(..., device=device)`` and resized
   and cropped on that device by :func:`resize_center_crop`, the same maths on tensors.
 
-Folders are searched recursively (flat, or class sub-folders as ImageNet val), files with other
-extensions are ignored, and a corrupt image is skipped with one warning and counted
-(``strict=True`` fails instead). ``builtin:NAME`` opens a built-in demo data set.
+Folders are searched recursively (flat, or class sub-folders as ImageNet val; symlinked folders
+are followed, as torchvision's ``ImageFolder`` does, and a symlink back to a folder above is not),
+files with other extensions are ignored, and a corrupt image is skipped with one warning and
+counted (``strict=True`` fails instead). ``builtin:NAME`` opens a built-in demo data set.
+
+16-bit images (PNG/TIFF grayscale, PIL modes ``I;16``, ``I;16B``, ``I``) are scaled by 65535,
+not clipped: the PIL path reduces them to 8 bits per channel (``round(v / 257)``, the 8-bit copy
+of the image), the tensor path keeps them in float (``v / 257`` in 0..255 units, 16-bit RGB PNGs
+too), so both give the 8-bit copy's tensors within 1/255. Grayscale becomes 3 equal channels.
+An image whose scale cannot be known (32-bit integers outside 0..65535, floats outside [0, 1])
+is refused as unreadable.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -52,6 +62,34 @@ def default_resize(image_size: int) -> int:
     return int(image_size * 256 / 224)
 
 
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, following symlinked folders (as torchvision's ``ImageFolder``),
+    except a link to a folder already on the current path (a loop)."""
+
+    def identity(path: str) -> tuple[int, int]:
+        stat = os.stat(path)
+        return stat.st_dev, stat.st_ino
+
+    def walk(folder: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[Path]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:  # unreadable folder: nothing to list there
+            return
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; a broken link is neither dir nor file
+            except OSError:
+                continue
+            if is_dir:
+                key = identity(entry.path)
+                if key not in ancestors:
+                    yield from walk(entry.path, ancestors | {key})
+            else:
+                yield Path(entry.path)
+
+    yield from walk(str(root), frozenset({identity(str(root))}))
+
+
 def list_images(root: str | Path, *, max_samples: int | None = None, seed: int = 0) -> list[Path]:
     """Image files under ``root`` (recursive, sorted), or a seeded random subset of ``max_samples``.
 
@@ -62,7 +100,7 @@ def list_images(root: str | Path, *, max_samples: int | None = None, seed: int =
         raise CollapseProbeError(f"data folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise CollapseProbeError(f"--data {str(root)!r} is not a folder (or builtin:NAME)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(p for p in _walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise CollapseProbeError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}")
     if max_samples is not None and max_samples < len(files):
@@ -90,6 +128,53 @@ def eval_transform(image_size: int = 224, resize: int | None = None, mean: Seque
     ])
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def sixteen_bit_values(image: Image.Image) -> np.ndarray | None:
+    """A 16-bit or 32-bit integer image's values as a native uint16 (H, W) array; None for other modes.
+
+    Raises :class:`CollapseProbeError` when a mode ``I`` image holds values outside 0..65535
+    (its scale is unknown).
+    """
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return None
+    values = np.asarray(image)
+    if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise CollapseProbeError(f"32-bit integer image with values {values.min()}..{values.max()} outside "
+                                 "0..65535: its scale is unknown; convert it to 8 or 16 bits")
+    return values.astype(np.uint16)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, scaling 16-bit (``I;16*``, ``I``) and float (``F``) images by their range.
+
+    PIL's own ``convert("RGB")`` clips 16-bit values at 255 (mid-grey becomes white); here 16-bit
+    ``v`` becomes ``round(v / 257)``, float ``v`` in [0, 1] becomes ``round(255 v)``.
+
+    >>> gray16 = Image.fromarray(np.full((2, 2), 32896, dtype=np.uint16))
+    >>> gray16.mode, to_rgb(gray16).getpixel((0, 0))
+    ('I;16', (128, 128, 128))
+    """
+    values = sixteen_bit_values(image)
+    if values is None and image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and (not np.isfinite(values).all() or values.min() < 0 or values.max() > 1):
+            raise CollapseProbeError("float image with values outside [0, 1]: its scale is unknown; "
+                                     "convert it to 8 or 16 bits")
+        values = values * 65535.0
+    if values is None:
+        return image.convert("RGB")
+    eight = np.floor(values.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(eight).convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as 8-bit RGB (see :func:`to_rgb`); the loader of every PIL path."""
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Files -> ``(tensor or None, error message or None)``; a failed decode is not raised here."""
 
@@ -103,8 +188,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                return self.transform(image.convert("RGB")), None
+            return self.transform(load_image(path)), None
         except Exception as error:  # noqa: BLE001 - any decode failure is "unreadable"
             return None, f"{path}: {describe_error(error)}"
 
@@ -209,8 +293,8 @@ def open_images(
 
 
 def resize_center_crop(image: torch.Tensor, resize: int, image_size: int) -> torch.Tensor:
-    """uint8 (3, H, W) on any device -> uint8 (3, image_size, image_size): the eval transform's
-    geometry (shorter side to ``resize``, bilinear with antialiasing, centre crop) on tensors.
+    """(3, H, W) uint8 or float on any device -> (3, image_size, image_size) of the same dtype: the
+    eval transform's geometry (shorter side to ``resize``, bilinear with antialiasing, centre crop).
 
     >>> resize_center_crop(torch.zeros(3, 40, 50, dtype=torch.uint8), 36, 32).shape
     torch.Size([3, 32, 32])
@@ -224,7 +308,7 @@ def resize_center_crop(image: torch.Tensor, resize: int, image_size: int) -> tor
 
 def normalize_batch(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 ``(x / 255 - mean) / std`` per channel, on the same device."""
+    """(B, 3, H, W) in 0..255 units (uint8, or float) -> float32 ``(x / 255 - mean) / std`` per channel."""
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean_t) / std_t
@@ -240,9 +324,27 @@ def _read(path: Path) -> tuple[Path, torch.Tensor | None, str | None]:
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """File bytes -> (3, H, W) on ``device`` in 0..255 units: uint8 for 8-bit images, float32
+    ``v / 257`` for 16-bit ones (torchvision decodes 16-bit PNG as uint16). Formats torchvision
+    cannot decode (TIFF, BMP, PPM...) go through PIL and :func:`to_rgb`."""
+    import io
+
     from torchvision.io import ImageReadMode, decode_image
 
-    return decode_image(data, mode=ImageReadMode.RGB).to(device)
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        try:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as pil:
+                rgb = np.asarray(to_rgb(pil))
+        except Exception:  # noqa: BLE001 - report torchvision's error: PIL cannot read it either
+            raise error from None
+        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    if image.dtype == torch.uint16:
+        image = image.float().div_(257.0)
+    elif image.dtype != torch.uint8:
+        raise CollapseProbeError(f"decoded image of dtype {image.dtype}: only 8- and 16-bit images are supported")
+    return image.to(device)
 
 
 class TensorDecodeLoader:
@@ -284,7 +386,9 @@ class TensorDecodeLoader:
                 errors.append(f"{path}: {describe_error(error)}")
         if not decoded:
             return None, errors
-        batch = torch.stack([resize_center_crop(x, self.resize, self.image_size) for x in decoded])
+        # resample in float (0..255 units), unrounded: 8-bit (uint8) and 16-bit (float) images can
+        # share a batch, and a 16-bit image gives its 8-bit copy's tensor within half a grey level
+        batch = torch.stack([resize_center_crop(x.float(), self.resize, self.image_size) for x in decoded])
         return normalize_batch(batch), errors
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | None, list[str]]]:

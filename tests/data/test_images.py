@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -116,3 +117,20 @@ def test_builtin_data(tmp_path):
     assert sum(len(b) for b in loader) == 100
     with pytest.raises(CollapseProbeError, match="unknown built-in"):
         open_images("builtin:nope")
+
+
+def test_symlinked_class_folders_are_followed_and_loops_are_not(tmp_path):
+    store, data = tmp_path / "store", tmp_path / "data"
+    make_folder(store, n_jpeg=4, n_png=0, corrupt=False, text=False)  # store/class0, store/class1
+    (data / "real").mkdir(parents=True)
+    _smooth_image(np.random.default_rng(2), 40, 40).save(data / "real" / "own.png")
+    os.symlink(store / "class0", data / "cats", target_is_directory=True)
+    os.symlink(store / "class1", data / "dogs", target_is_directory=True)
+    os.symlink(data, data / "real" / "loop", target_is_directory=True)  # a loop back to the root
+    os.symlink(data / "real", data / "real" / "self", target_is_directory=True)  # a loop onto itself
+    os.symlink(tmp_path / "gone", data / "dangling")  # a broken link is ignored
+    files = list_images(data)
+    assert sorted(f.relative_to(data).as_posix() for f in files) == [
+        "cats/img0.JPEG", "cats/img2.JPEG", "dogs/img1.JPEG", "dogs/img3.JPEG", "real/own.png",
+    ]
+    assert sum(len(batch) for batch in open_images(data, image_size=16, resize=20)) == 5
