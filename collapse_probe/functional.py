@@ -101,6 +101,20 @@ def symmetric_eigenvalues(matrices: torch.Tensor) -> torch.Tensor:
     return torch.flip(values, dims=(-1,)).clamp_min(0.0)
 
 
+def _vector(values: torch.Tensor, what: str, function: str) -> torch.Tensor:
+    """``values`` as a 1-D tensor; a clear ``ValueError`` for anything else (an (N, d) matrix above all).
+
+    The metrics below take a spectrum (one value per direction), never the embeddings: summing an
+    (N, d) matrix as if it were a spectrum returns a plausible, wrong number.
+    """
+    vector = torch.as_tensor(values)
+    if vector.ndim != 1:
+        hint = (" (an (N, d) embedding matrix? pass torch.linalg.svdvals(z), or use "
+                "Spectrum.from_embeddings(z))") if vector.ndim == 2 else ""
+        raise ValueError(f"{function} takes a 1-D vector of {what}, got shape {tuple(vector.shape)}{hint}")
+    return vector
+
+
 def _entropy_rank(p: torch.Tensor) -> float:
     """``exp(-sum p_k log p_k)`` with ``0 log 0 = 0``."""
     entropy = -torch.special.xlogy(p, p).sum()
@@ -110,13 +124,14 @@ def _entropy_rank(p: torch.Tensor) -> float:
 def effective_rank(singular_values: torch.Tensor) -> float:
     """Effective rank (Roy & Vetterli 2007): ``exp(H(p))``, ``p_k = s_k / sum_j s_j``.
 
-    Apply it to *singular values*. For a covariance, pass ``sqrt(eigenvalues)``
-    (proportional to the singular values of the centred embedding matrix).
-    k equal non-zero values give exactly k; a collapsed (all-zero) input gives 0.
+    Apply it to *singular values*, a 1-D vector (anything else raises ``ValueError``). For a
+    covariance, pass ``sqrt(eigenvalues)`` (proportional to the singular values of the centred
+    embedding matrix). k equal non-zero values give exactly k; a collapsed (all-zero) input gives 0.
 
     >>> effective_rank(torch.tensor([2.0, 2.0, 2.0, 0.0]))
     3.0...
     """
+    singular_values = _vector(singular_values, "singular values", "effective_rank")
     total = singular_values.sum()
     if float(total) <= 0.0:
         return 0.0
@@ -126,12 +141,15 @@ def effective_rank(singular_values: torch.Tensor) -> float:
 def rankme(singular_values: torch.Tensor, eps: float = RANKME_EPS) -> float:
     """RankMe (Garrido et al., ICML 2023): ``exp(-sum p_k log p_k)``, ``p_k = s_k / ||s||_1 + eps``.
 
-    ``s`` are the singular values of the *uncentred* (N, d) embedding matrix. The eps makes a
-    rank-one input score slightly above 1 and keeps the log finite.
+    ``s`` are the ``min(N, d)`` singular values of the *uncentred* (N, d) embedding matrix, a 1-D
+    vector, exactly what ``torch.linalg.svdvals(z)`` returns: the eps is added to each value
+    passed, so padding ``s`` with the ``d - N`` zeros of an N < d matrix changes the result.
+    The eps makes a rank-one input score slightly above 1 and keeps the log finite.
 
     >>> round(rankme(torch.tensor([1.0, 1.0, 0.0, 0.0])), 4)
     2.0
     """
+    singular_values = _vector(singular_values, "singular values", "rankme")
     total = singular_values.sum()
     if float(total) <= 0.0:
         return 0.0
@@ -145,6 +163,7 @@ def stable_rank(eigenvalues: torch.Tensor) -> float:
     >>> stable_rank(torch.tensor([4.0, 2.0, 2.0]))
     2.0
     """
+    eigenvalues = _vector(eigenvalues, "eigenvalues", "stable_rank")
     top = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
     return float(eigenvalues.sum()) / top if top > 0.0 else 0.0
 
@@ -155,6 +174,7 @@ def participation_ratio(eigenvalues: torch.Tensor) -> float:
     >>> participation_ratio(torch.tensor([1.0, 1.0, 1.0, 0.0]))
     3.0
     """
+    eigenvalues = _vector(eigenvalues, "eigenvalues", "participation_ratio")
     squares = float((eigenvalues**2).sum())
     return float(eigenvalues.sum()) ** 2 / squares if squares > 0.0 else 0.0
 
@@ -187,6 +207,7 @@ def numerical_rank(eigenvalues: torch.Tensor, rtol: float) -> int:
     >>> numerical_rank(torch.tensor([1.0, 1e-3, 1e-12]), rtol=1e-7)
     2
     """
+    eigenvalues = _vector(eigenvalues, "eigenvalues", "numerical_rank")
     if eigenvalues.numel() == 0:
         return 0
     top = float(eigenvalues.max())
@@ -222,6 +243,7 @@ def power_law_fit(eigenvalues: torch.Tensor, fit_range: tuple[int, int]) -> Powe
     >>> round(fit.alpha, 6), round(fit.r2, 6)
     (1.5, 1.0)
     """
+    eigenvalues = _vector(eigenvalues, "eigenvalues", "power_law_fit")
     start, stop = fit_range
     if not 1 <= start < stop <= eigenvalues.numel():
         raise ValueError(f"fit_range {fit_range} must satisfy 1 <= start < stop <= {eigenvalues.numel()}")
@@ -251,5 +273,6 @@ def mean_std_of_normalized(variances: torch.Tensor) -> float:
     >>> round(mean_std_of_normalized(torch.full((4,), 0.25)), 3)
     0.5
     """
+    variances = _vector(variances, "per-dimension variances", "mean_std_of_normalized")
     return float(torch.sqrt(variances.clamp_min(0.0)).mean())
 

@@ -39,6 +39,11 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
     largest are float64 round-off, exact zeros included: they are drawn at that floor, so a
     collapsed tail shows as a cliff down to it instead of stretching the axis to 1e-35.
 
+    A sample-limited spectrum (N samples show only ``max_rank = N - 1 < d`` dimensions) is drawn
+    up to ``max_rank``; a dashed vertical line labelled ``N - 1 = ...`` marks where the sample
+    count cuts the curve, and the shaded span beyond it holds the ``unobserved_dims``, which say
+    nothing about the model (they are not counted as collapsed).
+
     Args:
         spectra: name -> Spectrum.
         ax: an Axes to draw on; a new pyplot-free Figure when None.
@@ -49,21 +54,38 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
     """
     if ax is None:
         ax = new_axes()
+    limits = []
     for name, spectrum in spectra.items():
-        values = spectrum.eigenvalues.numpy().copy()
+        values = spectrum.observed_eigenvalues.numpy().copy()
         top = values[0] if values.size and values[0] > 0 else 1.0
         if relative:
             values, top = values / top, 1.0
         floor = FLOOR * top
         below = int((values < floor).sum())
-        label = f"{_shorten(name)} (d={spectrum.dim}, erank {spectrum.effective_rank:.1f}, collapsed {spectrum.collapsed_dims()})"
+        label = (f"{_shorten(name)} (d={spectrum.dim}, erank {spectrum.effective_rank:.1f}, "
+                 f"collapsed {spectrum.collapsed_dims()}")
+        if spectrum.sample_limited:
+            label += f" of {spectrum.max_rank}, {spectrum.unobserved_dims} unobserved"
+        label += ")"
         if below:
             label += f", {below} at the floor"
-        ax.plot(np.arange(1, values.size + 1), np.maximum(values, floor), label=label, linewidth=1.5)
+        (line,) = ax.plot(np.arange(1, values.size + 1), np.maximum(values, floor), label=label, linewidth=1.5)
+        if spectrum.sample_limited:
+            limits.append((spectrum, line.get_color()))
+    for spectrum, color in limits:
+        cut = spectrum.max_rank + 0.5
+        ax.axvline(cut, color=color, linestyle="--", linewidth=1.0)
+        ax.axvspan(cut, spectrum.dim + 0.5, color=color, alpha=0.07, linewidth=0)
+        name = "N - 1" if spectrum.center else "N"
+        ax.annotate(f"{name} = {spectrum.max_rank}\n{spectrum.unobserved_dims} dims unobserved", xy=(cut, 1.0),
+                    xycoords=("data", "axes fraction"), xytext=(4, -4), textcoords="offset points",
+                    ha="left", va="top", fontsize="small", color=color)
+    if limits:
+        ax.set_xlim(0, max(s.dim for s in spectra.values()) + 1)
     ax.set_yscale("log")
     ax.set_xlabel("singular value rank index")
     ax.set_ylabel("covariance eigenvalue" + (" / largest" if relative else "") + " (log scale)")
     ax.set_title("Embedding covariance spectrum")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="lower left")
     return ax

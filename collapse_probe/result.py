@@ -70,13 +70,39 @@ class Spectrum:
 
     @property
     def max_rank(self) -> int:
-        """``min(d, N - ddof)``: the most non-zero eigenvalues N samples allow."""
-        return max(0, min(self.dim, self.n_samples - self.ddof))
+        """The most non-zero eigenvalues N samples can show: ``min(d, N - 1)`` centred, ``min(d, N)`` not.
+
+        N centred rows sum to zero, so they span at most N - 1 directions; N uncentred rows span at
+        most N. (``ddof`` only divides: it does not change the rank, so ``min(d, N - ddof)`` would
+        be off by one for ``center=True, ddof=0`` and for ``center=False, ddof=1``.) The other
+        ``d - max_rank`` eigenvalues are zero whatever the model does: see ``unobserved_dims``.
+        """
+        return max(0, min(self.dim, self.n_samples - int(self.center)))
+
+    @property
+    def sample_limited(self) -> bool:
+        """True when ``max_rank < d``: N samples cannot show every dimension (``unobserved_dims > 0``)."""
+        return self.max_rank < self.dim
 
     @property
     def rank_limited_by_samples(self) -> bool:
-        """True when ``N - ddof < d``: collapse metrics then reflect the sample count too."""
-        return self.n_samples - self.ddof < self.dim
+        """Alias of :attr:`sample_limited` (its former name)."""
+        return self.sample_limited
+
+    @property
+    def unobserved_dims(self) -> int:
+        """``d - max_rank``: dimensions N samples cannot show; counted neither as collapsed nor as healthy."""
+        return self.dim - self.max_rank
+
+    @property
+    def samples_needed(self) -> int:
+        """The fewest samples that can show all d dimensions: ``d + 1`` centred, ``d`` uncentred."""
+        return self.dim + int(self.center)
+
+    @property
+    def observed_eigenvalues(self) -> torch.Tensor:
+        """(max_rank,) the top ``max_rank`` eigenvalues: the ones the samples can show (the metrics use these)."""
+        return self.eigenvalues[: self.max_rank]
 
     @property
     def singular_values(self) -> torch.Tensor:
@@ -95,9 +121,10 @@ class Spectrum:
         centred embedding matrix when ``center``). Between 1 and d; a healthy isotropic
         embedding scores near d; k equal directions score k. Applying the same entropy to the
         eigenvalues ``lambda_k`` instead (some peers do) gives a smaller number: see
-        docs/metrics.md.
+        docs/metrics.md. Over the ``max_rank`` eigenvalues the samples can show (the others are
+        zero but for round-off), so at most ``max_rank``.
         """
-        return cpf.effective_rank(torch.sqrt(self.eigenvalues))
+        return cpf.effective_rank(torch.sqrt(self.observed_eigenvalues))
 
     @cached_property
     def rankme(self) -> float:
@@ -105,44 +132,49 @@ class Spectrum:
 
         ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / ||s||_1 + 1e-7``, ``s`` the singular values of
         the *uncentred* (N, d) embedding matrix (``uncentered_singular_values``; recovered
-        exactly from the streamed moments as ``Z^T Z = M2 + N mu mu^T``). The authors use
-        25,600 samples; more samples change it little once N >> d.
+        exactly from the streamed moments as ``Z^T Z = M2 + N mu mu^T``). An (N, d) matrix has
+        ``min(N, d)`` singular values: only those enter (and get the eps), as with
+        ``torch.linalg.svdvals(z)``. The authors use 25,600 samples; more samples change it little
+        once N >> d (docs/metrics.md measures how many it needs).
         """
-        return cpf.rankme(self.uncentered_singular_values)
+        return cpf.rankme(self.uncentered_singular_values[: min(self.n_samples, self.dim)])
 
     @cached_property
     def stable_rank(self) -> float:
         """``sum(lambda) / max(lambda)`` of the covariance eigenvalues."""
-        return cpf.stable_rank(self.eigenvalues)
+        return cpf.stable_rank(self.observed_eigenvalues)
 
     @cached_property
     def participation_ratio(self) -> float:
         """``(sum lambda)^2 / sum(lambda^2)`` of the covariance eigenvalues."""
-        return cpf.participation_ratio(self.eigenvalues)
+        return cpf.participation_ratio(self.observed_eigenvalues)
 
     def default_rtol(self) -> float:
         """The default threshold of :meth:`numerical_rank`: see ``functional.default_rtol``."""
         return cpf.default_rtol(self.dim, self._input_torch_dtype())
 
     def numerical_rank(self, rtol: float | None = None) -> int:
-        """Eigenvalues above ``rtol * lambda_max``; default ``rtol = max(d * eps_in^2, 1.19e-7)``.
+        """Eigenvalues above ``rtol * lambda_max`` among the ``max_rank`` the samples can show.
 
-        ``eps_in`` is the machine epsilon of the embeddings' dtype (``input_dtype``): the default
-        is the floor below which an eigenvalue cannot be told from rounding noise of the inputs
-        or of float32 arithmetic (``functional.default_rtol``).
+        Default ``rtol = max(d * eps_in^2, 1.19e-7)``, ``eps_in`` the machine epsilon of the
+        embeddings' dtype (``input_dtype``): the floor below which an eigenvalue cannot be told
+        from rounding noise of the inputs or of float32 arithmetic (``functional.default_rtol``).
+        At most ``max_rank``: the ``unobserved_dims`` beyond it are zero but for round-off.
         """
-        return cpf.numerical_rank(self.eigenvalues, self.default_rtol() if rtol is None else rtol)
+        return cpf.numerical_rank(self.observed_eigenvalues, self.default_rtol() if rtol is None else rtol)
 
     def collapsed_dims(self, rtol: float | None = None) -> int:
-        """``d - numerical_rank(rtol)``: dimensions whose variance is numerically zero.
+        """``max_rank - numerical_rank(rtol)``: dimensions the samples show with numerically zero variance.
 
-        Some of them may be due to ``N - ddof < d`` (see ``rank_limited_by_samples``).
+        The ``unobserved_dims = d - max_rank`` dimensions that N samples cannot show (N - 1 < d
+        centred) are not counted: they say nothing about the model. ``collapsed_dims +
+        numerical_rank + unobserved_dims = d``.
         """
-        return self.dim - self.numerical_rank(rtol)
+        return self.max_rank - self.numerical_rank(rtol)
 
     def collapsed_fraction(self, rtol: float | None = None) -> float:
-        """``collapsed_dims / d``."""
-        return self.collapsed_dims(rtol) / self.dim
+        """``collapsed_dims / max_rank``: the collapsed share of the dimensions the samples show (= / d when N > d)."""
+        return self.collapsed_dims(rtol) / self.max_rank if self.max_rank else math.nan
 
     def alpha_req(self, fit_range: tuple[int, int] | None = None) -> cpf.PowerLawFit:
         """alpha-ReQ (Agrawal et al. 2022): power-law slope of ``lambda_i ~ i^-alpha`` with its R^2.
@@ -183,13 +215,15 @@ class Spectrum:
             "numerical_rank": self.numerical_rank(),
             "collapsed_dims": self.collapsed_dims(),
             "collapsed_fraction": self.collapsed_fraction(),
+            "unobserved_dims": self.unobserved_dims,
+            "max_rank": self.max_rank,
+            "sample_limited": self.sample_limited,
             "stable_rank": self.stable_rank,
             "participation_ratio": self.participation_ratio,
             "alpha": fit.alpha,
             "alpha_r2": fit.r2,
             "std_of_l2_normalized": self.std_of_l2_normalized,
             "rtol": self.default_rtol(),
-            "rank_limited_by_samples": self.rank_limited_by_samples,
         }
 
     def conventions(self) -> dict[str, Any]:
@@ -302,7 +336,9 @@ class Spectrum:
         return (
             f"Spectrum(layer={self.layer!r}, dim={self.dim}, n_samples={self.n_samples}, "
             f"effective_rank={self.effective_rank:.2f}, rankme={self.rankme:.2f}, "
-            f"collapsed_dims={self.collapsed_dims()})"
+            f"collapsed_dims={self.collapsed_dims()}"
+            + (f", unobserved_dims={self.unobserved_dims}" if self.sample_limited else "")
+            + ")"
         )
 
 

@@ -113,3 +113,85 @@ def test_alpha_fit_range_errors_are_clear():
     s = spectrum_of([1.0, 0.5, 0.25])
     with pytest.raises(CollapseProbeError, match="fit_range"):
         s.alpha_req(fit_range=(2, 9))
+
+
+# ------------------------------------------------------------------ sample-limited spectra (issue 8, rows 6-8)
+
+
+def _garrido_rankme(z: np.ndarray) -> float:
+    """RankMe as Garrido et al. publish it: numpy's singular values (min(N, d) of them) + 1e-7."""
+    s = np.linalg.svd(z, compute_uv=False)
+    p = s / s.sum() + 1e-7
+    return math.exp(-(p * np.log(p)).sum())
+
+
+def _entropy_rank_np(s: np.ndarray) -> float:
+    p = s[s > 0] / s[s > 0].sum()
+    return math.exp(-(p * np.log(p)).sum())
+
+
+def test_sample_limited_spectrum_counts_collapse_among_the_dims_the_samples_show():
+    rng = np.random.default_rng(0)
+    healthy = rng.standard_normal((300, 512))  # 300 samples of a 512-d, full-rank embedding
+    collapsed = healthy[:, :50] @ rng.standard_normal((50, 512))  # rank 50: a collapsed one
+    for z, rank in ((healthy, 299), (collapsed, 50)):
+        s = Spectrum.from_embeddings(torch.as_tensor(z))
+        assert rank == np.linalg.matrix_rank(z - z.mean(0))  # independent reference
+        assert (s.max_rank, s.sample_limited, s.unobserved_dims) == (299, True, 213)
+        assert s.numerical_rank() == rank and s.collapsed_dims() == 299 - rank
+        assert s.collapsed_fraction() == pytest.approx((299 - rank) / 299, rel=1e-15)
+        assert s.collapsed_dims() + s.numerical_rank() + s.unobserved_dims == 512
+        m = s.metrics()
+        assert (m["max_rank"], m["unobserved_dims"], m["sample_limited"], m["collapsed_dims"]) == (299, 213, True, 299 - rank)
+        assert s.to_frame().loc[0, "unobserved_dims"] == 213 and s.to_dict()["metrics"]["unobserved_dims"] == 213
+        assert "unobserved_dims=213" in repr(s)
+    full = Spectrum.from_embeddings(torch.as_tensor(rng.standard_normal((600, 512))))
+    assert (full.max_rank, full.sample_limited, full.unobserved_dims, full.collapsed_dims()) == (512, False, 0, 0)
+
+
+@pytest.mark.parametrize(("center", "ddof", "max_rank"), [(True, 1, 9), (True, 0, 9), (False, 0, 10), (False, 1, 10)])
+def test_max_rank_is_the_rank_the_samples_allow_whatever_the_divisor(center, ddof, max_rank):
+    z = np.random.default_rng(1).standard_normal((10, 16)) + 3.0
+    s = Spectrum.from_embeddings(torch.as_tensor(z), center=center, ddof=ddof)
+    reference = np.linalg.matrix_rank(z - z.mean(0) if center else z)
+    assert s.max_rank == reference == max_rank == s.numerical_rank() and s.unobserved_dims == 16 - max_rank
+
+
+def test_effective_rank_of_a_sample_limited_spectrum_matches_numpy_svd():
+    z = np.random.default_rng(2).standard_normal((100, 400)) * np.linspace(2.0, 0.1, 400)
+    s = Spectrum.from_embeddings(torch.as_tensor(z))
+    expected = _entropy_rank_np(np.linalg.svd(z - z.mean(0), compute_uv=False)[:99])
+    assert s.effective_rank == pytest.approx(expected, rel=1e-9) and s.effective_rank <= s.max_rank
+
+
+@pytest.mark.parametrize(("n", "d"), [(256, 2048), (3000, 256)])
+def test_rankme_uses_min_n_d_singular_values_as_published(n, d):
+    z = np.random.default_rng(3).standard_normal((n, d)) * np.linspace(1.0, 0.05, d) + 0.3
+    s = Spectrum.from_embeddings(torch.as_tensor(z), chunk_size=1000)
+    assert s.rankme == pytest.approx(_garrido_rankme(z), rel=1e-9)
+
+
+def test_functional_metrics_refuse_anything_but_a_vector():
+    rng = np.random.default_rng(4)
+    z = torch.as_tensor(rng.standard_normal((256, 15)) @ np.linalg.qr(rng.standard_normal((64, 15)))[0].T)  # 15 equal svs
+    singular_values = torch.linalg.svdvals(z / torch.linalg.svdvals(z)[0])
+    assert cpf.effective_rank(singular_values) == pytest.approx(_entropy_rank_np(singular_values.numpy()), rel=1e-12)
+    for function in (cpf.effective_rank, cpf.rankme, cpf.stable_rank, cpf.participation_ratio,
+                     cpf.mean_std_of_normalized, lambda x: cpf.numerical_rank(x, 1e-7),
+                     lambda x: cpf.power_law_fit(x, (1, 2))):
+        with pytest.raises(ValueError, match=r"1-D vector .* got shape \(256, 64\).*svdvals"):
+            function(z)
+        with pytest.raises(ValueError, match=r"1-D vector"):
+            function(torch.tensor(3.0))
+
+
+def test_plot_marks_where_the_sample_limit_cuts_the_curve():
+    from collapse_probe import plot_spectra
+
+    s = Spectrum.from_embeddings(torch.randn(40, 64, dtype=torch.float64))
+    ax = plot_spectra({"few": s, "many": spectrum_of([1.0] * 64)})
+    curve, full, cut = ax.get_lines()
+    assert len(curve.get_xdata()) == 39 and len(full.get_xdata()) == 64
+    assert list(cut.get_xdata()) == [39.5, 39.5]
+    assert [t.get_text() for t in ax.texts] == ["N - 1 = 39\n25 dims unobserved"]
+    assert "collapsed 0 of 39, 25 unobserved" in ax.get_legend().get_texts()[0].get_text()
