@@ -11,6 +11,9 @@ workers). :class:`BatchAugment` does the same on a whole (B, 3, H, W) batch on a
 run is not capped by CPU augmentation. It differs from the per-image path in three documented
 ways: bilinear resampling of the crop, one random order of the four colour-jitter operations per
 batch (per image in torchvision), and crops whose aspect ratio is clamped instead of re-sampled.
+
+Evaluation (no augmentation) has one transform for the trainer and the probe alike:
+:func:`collapse_probe.data.images.eval_transform`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from collapse_probe.data.images import IMAGENET_MEAN, IMAGENET_STD
+
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 BLUR_P = (1.0, 0.1)
 SOLARIZE_P = (0.0, 0.2)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -81,22 +84,6 @@ def crop_transform(image_size: int, *, crop_scale: tuple[float, float] = (0.08, 
         v2.ToImage(),
         v2.RandomResizedCrop(image_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(p=0.5),
-    ])
-
-
-def eval_transform(
-    image_size: int, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: int | None = None
-) -> Callable[[Any], torch.Tensor]:
-    """Resize (256/224 of the crop by default) + CenterCrop + normalise, as in the paper's evaluation."""
-    from torchvision.transforms import InterpolationMode, v2
-
-    resize = resize or int(round(image_size * 256 / 224))
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resize, interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
     ])
 
 

@@ -21,16 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from collapse_probe.data.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchAugment,
-    TwoViews,
-    crop_transform,
-    eval_transform,
-    view_transforms,
-)
+from collapse_probe.data.augment import BatchAugment, TwoViews, crop_transform, view_transforms
 from collapse_probe.data.builtin import builtin_dataset, builtin_info, is_builtin
+from collapse_probe.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_image
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.ssl.config import TrainConfig
 from collapse_probe.ssl.distributed import DistInfo
@@ -56,7 +49,10 @@ def builtin_tensors(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def image_folder(root: str, split: str, transform: Any) -> torch.utils.data.Dataset:
-    """``root/split`` (or ``root`` itself when it has no such subfolder) as an ImageFolder."""
+    """``root/split`` (or ``root`` itself when it has no such subfolder) as an ImageFolder.
+
+    Images are opened by :func:`~collapse_probe.data.images.load_image` (8-bit RGB, 16-bit images
+    scaled rather than clipped), as on the probe's PIL path."""
     from torchvision.datasets import ImageFolder
 
     path = os.path.join(root, split)
@@ -65,7 +61,7 @@ def image_folder(root: str, split: str, transform: Any) -> torch.utils.data.Data
             raise CollapseProbeError(f"no {split}/ folder under {root!r}")
         path = root
     try:
-        return ImageFolder(path, transform=transform)
+        return ImageFolder(path, transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as error:
         raise CollapseProbeError(f"cannot read images from {path!r}: {error}") from error
 
