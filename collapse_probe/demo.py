@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.global_state import restored_global_state
 from collapse_probe.plot import plot_spectra
 from collapse_probe.probe import spectrum
 from collapse_probe.result import Spectrum
@@ -88,8 +89,14 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
 
     Returns:
         :class:`DemoResult`; ``table`` has columns variant, space, dim, effective_rank, rankme,
-        collapsed_dims, knn_top1.
+        collapsed_dims, knn_top1. Process-wide settings (torch threads, random generators, ...)
+        are as the caller had them afterwards, whether it returns or raises.
     """
+    with restored_global_state():
+        return _run_demo(config, progress=progress)
+
+
+def _run_demo(config: DemoConfig, *, progress: bool) -> DemoResult:
     from collapse_probe.ssl.loop import train
 
     unknown = [v for v in config.variants if v not in VARIANTS]

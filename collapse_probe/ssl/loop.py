@@ -26,6 +26,7 @@ from torch import nn
 
 from collapse_probe.devices import parse_device
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.global_state import restored_global_state
 from collapse_probe.ssl.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -128,8 +129,15 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
     """Train ``config``'s model; write OUT/checkpoint.pt and OUT/metrics.jsonl every epoch.
 
     Returns a :class:`TrainResult`. Raises :class:`CollapseProbeError` for bad settings before
-    training starts and :class:`NonFiniteLossError` if the loss diverges.
+    training starts and :class:`NonFiniteLossError` if the loss diverges. Process-wide settings
+    the run changes (``config.threads``, the seeded random generators, ...) are set back as the
+    caller had them when it returns or raises (:func:`~collapse_probe.global_state.restored_global_state`).
     """
+    with restored_global_state():
+        return _train(config, callbacks)
+
+
+def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
     callbacks = {event: list(fns) for event, fns in (callbacks or {}).items()}
     unknown = set(callbacks) - set(EVENTS)
     if unknown:
@@ -141,7 +149,7 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
     validate(config, world_size=dist.world_size)
     for event, fns in default_callbacks(config).items():
         callbacks.setdefault(event, []).extend(fns)
-    if config.threads:
+    if config.threads:  # process-wide: train() restores the caller's value on exit
         torch.set_num_threads(config.threads)
     out_dir = Path(config.out)
     ckpt_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
