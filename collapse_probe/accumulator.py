@@ -3,12 +3,24 @@
 State per accumulator: sample count n, mean (d,), centred second moment M2 (d, d), all in
 float64 on the accumulator's device. Every batch is merged by the parallel (Chan et al.) update,
 so the result does not depend on batch size, order or on how rows are split across processes.
-No method reads a device value back to the host until :meth:`compute` (no per-batch sync).
+No method reads a device value back to the host until :meth:`~CovarianceAccumulator.finalize`
+(no per-batch sync).
+
+The state is declared once, in :data:`STATE`, each field with the rule by which two partial
+states combine (the torchmetrics ``add_state(..., dist_reduce_fx=...)`` pattern). ``reset``,
+``state_dict`` / ``load_state_dict``, ``merge`` and ``sync`` are all derived from that one
+declaration, so they cannot drift apart. Whether the state is already global (``synced``) is
+part of it: a synced accumulator refuses to be updated, merged or synced again.
+
+Only the *lower triangle* of M2 is kept exact (the CPU update skips the upper blocks); every
+consumer (merge, sync, the eigen-solve) reads or combines it elementwise, so no symmetrising copy
+is ever made.
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,29 +28,69 @@ import torch.nn.functional as F
 
 from collapse_probe import functional as cpf
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
+from collapse_probe.moments import Moments
+from collapse_probe.solve import solve_spectra
 
 NO_BAD_BATCH = torch.iinfo(torch.int64).max
+STATE_FORMAT = "collapse-probe/accumulator-v2"
 
-_DTYPES = {str(dtype): dtype for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+#: Embedding dtypes from the most to the least precise (``least_precise`` reduces by the max index).
+PRECISION_ORDER = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_DTYPE_NAMES = {str(dtype).removeprefix("torch."): dtype for dtype in PRECISION_ORDER}
 
 
-def _dtype_from_name(name: str) -> torch.dtype:
-    return _DTYPES[name]
-
-
-def _less_precise(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+def _less_precise(a: torch.dtype | None, b: torch.dtype | None) -> torch.dtype | None:
+    if a is None or b is None:
+        return a or b
     return a if torch.finfo(a).eps >= torch.finfo(b).eps else b
 
 
+@dataclass(frozen=True)
+class StateField:
+    """One piece of accumulator state and the rule that combines two partial copies of it.
+
+    ``reduce`` is one of:
+
+    * ``"moments"``: count, mean and M2 together, by the parallel (Chan) merge;
+    * ``"sum"``: added (counts);
+    * ``"first"``: the (batch, rank) location of the first bad batch, the earliest one kept;
+    * ``"least_precise"``: the least precise embedding dtype seen.
+    """
+
+    name: str
+    reduce: str
+    on_device: bool
+    initial: Callable[[CovarianceAccumulator], Any]
+
+
+def _zeros(*shape: int) -> Callable[[CovarianceAccumulator], torch.Tensor]:
+    return lambda acc: torch.zeros(tuple(acc.dim if s < 0 else s for s in shape), dtype=acc.dtype, device=acc.device)
+
+
+STATE: tuple[StateField, ...] = (
+    StateField("count", "moments", True, _zeros()),
+    StateField("mean", "moments", True, _zeros(-1)),
+    StateField("m2", "moments", True, _zeros(-1, -1)),
+    # rows dropped (skip_nonfinite=True) or batches holding NaN/Inf (otherwise)
+    StateField("nonfinite_count", "sum", True, lambda acc: torch.zeros((), dtype=torch.int64, device=acc.device)),
+    # (batch index on its rank, rank or -1 before a sync)
+    StateField("first_bad", "first", True,
+               lambda acc: torch.tensor([NO_BAD_BATCH, -1], dtype=torch.int64, device=acc.device)),
+    StateField("batches_seen", "sum", False, lambda acc: 0),
+    StateField("input_dtype", "least_precise", False, lambda acc: None),
+)
+CONVENTIONS = ("dim", "center", "ddof", "normalize")
+
+
 class _SymmetricRankUpdate:
-    """``M2 += X^T X`` keeping (at least) the lower triangle of ``M2`` exact.
+    """``M2 += X^T X`` keeping the lower triangle of ``M2`` exact.
 
     On the CPU, for d above one block, the product is done block-row by block-row, only for
     blocks on or below the diagonal: ``(k + 1) / 2k`` of the GEMM's flops for k blocks (a
     symmetric rank-k update, which torch does not expose). Measured on a 2-core CPU at d=2048
-    it beats a full ``addmm_`` by 1.38x and SciPy's ``dsyrk``, whose OpenBLAS threads fight
-    torch's OpenMP threads when calls interleave (docs/benchmarks.md). On a GPU one ``addmm_``
-    runs near cuBLAS peak. ``full(m2)`` returns the symmetric matrix either way.
+    it runs at 0.72x the GEMM's flop rate counted on the symmetric work (N d^2), against 0.5x
+    for a full ``addmm_`` and 0.3x for SciPy's or MKL's own ``dsyrk`` (docs/benchmarks.md). On
+    a GPU one ``addmm_`` runs near cuBLAS peak.
     """
 
     def __init__(self, dim: int, device: torch.device):
@@ -55,11 +107,6 @@ class _SymmetricRankUpdate:
             stop = min(start + self.block, dim)
             m2[start:stop, :stop].addmm_(rows[:, start:stop].T, rows[:, :stop])
 
-    def full(self, m2: torch.Tensor) -> torch.Tensor:
-        if self.blocked:
-            return torch.tril(m2) + torch.tril(m2, diagonal=-1).T
-        return (m2 + m2.T) / 2
-
 
 class CovarianceAccumulator:
     """Streaming covariance of (B, dim) batches, merged by the parallel (Chan) update in float64.
@@ -75,6 +122,10 @@ class CovarianceAccumulator:
         layer: a name carried into the result.
         skip_nonfinite: drop rows holding NaN/Inf (counted in ``Spectrum.n_skipped_nonfinite``)
             instead of failing in :meth:`compute`.
+
+    Lifecycle: ``update`` any number of times, ``merge`` other local accumulators, then either
+    ``compute`` (single process) or ``sync`` followed by ``compute`` (torch.distributed). After
+    ``sync`` the state is global: ``update``/``merge``/``sync`` raise or do nothing until ``reset``.
 
     >>> acc = CovarianceAccumulator(2)
     >>> acc.update(torch.tensor([[1.0, 0.0], [3.0, 2.0]]))
@@ -111,48 +162,49 @@ class CovarianceAccumulator:
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
-        """Forget every sample."""
-        zeros = dict(dtype=self.dtype, device=self.device)
-        self.count = torch.zeros((), **zeros)
-        self.mean = torch.zeros(self.dim, **zeros)
-        self.m2 = torch.zeros(self.dim, self.dim, **zeros)
-        # rows dropped (skip_nonfinite=True) or batches holding NaN/Inf (otherwise), on the device
-        self.nonfinite_count = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.first_bad_batch = torch.full((), NO_BAD_BATCH, dtype=torch.int64, device=self.device)
-        self.batches_seen = 0
-        self.input_dtype: torch.dtype | None = None
-        self._synced = False
+        """Forget every sample, every flag and the synced status."""
+        for state in STATE:
+            setattr(self, state.name, state.initial(self))
+        self.synced = False
+
+    def _values(self) -> dict[str, Any]:
+        return {state.name: getattr(self, state.name) for state in STATE}
+
+    def _assign(self, values: dict[str, Any], *, synced: bool) -> None:
+        for state in STATE:
+            setattr(self, state.name, values[state.name])
+        self.synced = synced
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: tensors on CPU plus the conventions (torch.save-able)."""
-        return {
-            "dim": self.dim,
-            "center": self.center,
-            "ddof": self.ddof,
-            "normalize": self.normalize,
-            "layer": self.layer,
-            "count": self.count.cpu(),
-            "mean": self.mean.cpu(),
-            "m2": self._rank_update.full(self.m2).cpu(),
-            "nonfinite_count": self.nonfinite_count.cpu(),
-            "first_bad_batch": self.first_bad_batch.cpu(),
-            "batches_seen": self.batches_seen,
-            "input_dtype": None if self.input_dtype is None else str(self.input_dtype),
-        }
+        """Every :data:`STATE` field (tensors on CPU), the conventions and ``synced``: torch.save-able."""
+        state = {"format": STATE_FORMAT, "synced": self.synced, "layer": self.layer}
+        state |= {key: getattr(self, key) for key in CONVENTIONS}
+        for field in STATE:
+            value = getattr(self, field.name)
+            if field.on_device:
+                value = value.cpu()
+            elif field.reduce == "least_precise":
+                value = None if value is None else str(value).removeprefix("torch.")
+            state[field.name] = value
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; the dimension and conventions must match."""
-        for key in ("dim", "center", "ddof", "normalize"):
+        if state.get("format") != STATE_FORMAT:
+            raise CollapseProbeError(f"not a {STATE_FORMAT} state_dict (format {state.get('format')!r})")
+        for key in CONVENTIONS:
             if state[key] != getattr(self, key):
                 raise CollapseProbeError(f"state_dict has {key}={state[key]!r}, this accumulator {key}={getattr(self, key)!r}")
-        to = dict(dtype=self.dtype, device=self.device)
-        self.count = state["count"].to(**to).clone()
-        self.mean = state["mean"].to(**to).clone()
-        self.m2 = state["m2"].to(**to).clone().contiguous()
-        self.nonfinite_count = state["nonfinite_count"].to(self.device).clone()
-        self.first_bad_batch = state["first_bad_batch"].to(self.device).clone()
-        self.batches_seen = int(state["batches_seen"])
-        self.input_dtype = None if state["input_dtype"] is None else _dtype_from_name(state["input_dtype"])
+        values: dict[str, Any] = {}
+        for field in STATE:
+            value = state[field.name]
+            if field.on_device:
+                like = field.initial(self)
+                value = value.to(dtype=like.dtype, device=self.device).clone().contiguous()
+            elif field.reduce == "least_precise":
+                value = None if value is None else _DTYPE_NAMES[value]
+            values[field.name] = value
+        self._assign(values, synced=bool(state["synced"]))
 
     # ---------------------------------------------------------------- update
     def update(self, z: torch.Tensor) -> None:
@@ -165,11 +217,11 @@ class CovarianceAccumulator:
             raise CollapseProbeError(
                 f"expected a (batch, {self.dim}) tensor, got shape {tuple(z.shape)} (layer {self.layer or '<output>'})"
             )
-        if self._synced:
-            raise CollapseProbeError("this accumulator was synced across processes; call reset() before updating it again")
+        if self.synced:
+            raise CollapseProbeError("this accumulator holds synced (global) statistics; call reset() before updating it again")
         batch_index = self.batches_seen
         self.batches_seen += 1
-        self.input_dtype = z.dtype if self.input_dtype is None else _less_precise(self.input_dtype, z.dtype)
+        self.input_dtype = _less_precise(self.input_dtype, z.dtype)
         if z.shape[0] == 0:
             return
         # One spare row: the Chan correction sqrt(n_a n_b / n) * delta rides along in the same GEMM.
@@ -187,19 +239,26 @@ class CovarianceAccumulator:
         else:
             weights = None
             n_batch = float(values.shape[0])  # known on the host: no host-to-device copy
+        # Any NaN/Inf makes the batch sum non-finite, a d-element check instead of a pass over
+        # B x d -- but only when finite inputs cannot overflow that sum (float32 and narrower into
+        # float64). Otherwise (float64 input) finiteness is checked value by value.
+        sum_cannot_overflow = torch.finfo(z.dtype).max * z.shape[0] < torch.finfo(self.dtype).max
+        bad_input = None
+        if not self.skip_nonfinite and not sum_cannot_overflow:
+            bad_input = ~torch.isfinite(values).all()
         if self.normalize:
             values.copy_(F.normalize(values, dim=1))
         batch_mean = self._merge_batch(rows, n_batch, weights)
         if not self.skip_nonfinite:
-            # Any NaN/Inf in the batch makes its float64 mean non-finite (finite float32 values
-            # cannot overflow a float64 sum): a d-element check instead of a pass over B x d.
-            bad = ~torch.isfinite(batch_mean).all()
+            bad = ~torch.isfinite(batch_mean).all() if bad_input is None else bad_input
             self.nonfinite_count += bad
             self._note_bad_batch(bad, batch_index)
 
     def _note_bad_batch(self, bad: torch.Tensor, batch_index: int) -> None:
         """Keep the index of the first batch with non-finite values, on the device."""
-        self.first_bad_batch = torch.where(bad, self.first_bad_batch.clamp(max=batch_index), self.first_bad_batch)
+        earlier = self.first_bad.clone()
+        earlier[0] = earlier[0].clamp(max=batch_index)
+        self.first_bad = torch.where(bad, earlier, self.first_bad)
 
     def _merge_batch(self, rows: torch.Tensor, n_batch: torch.Tensor | float, weights: torch.Tensor | None) -> torch.Tensor:
         """Chan update with this batch; ``rows[:-1]`` holds it, ``rows[-1]`` is scratch. Returns its mean."""
@@ -218,105 +277,136 @@ class CovarianceAccumulator:
         self.count = total
         return batch_mean
 
+    # ------------------------------------------------------ combine (derived from STATE)
+    def _combine(self, theirs: dict[str, Any]) -> dict[str, Any]:
+        """The merged :data:`STATE` of ``self`` followed by another local state ``theirs``."""
+        mine = self._values()
+        merged: dict[str, Any] = {}
+        kinds = {state.reduce for state in STATE}
+        for kind in kinds:
+            names = [state.name for state in STATE if state.reduce == kind]
+            if kind == "moments":
+                merged["count"], merged["mean"], merged["m2"] = cpf.merge_moments(
+                    mine["count"], mine["mean"], mine["m2"], theirs["count"], theirs["mean"], theirs["m2"])
+            elif kind == "sum":
+                merged |= {name: mine[name] + theirs[name] for name in names}
+            elif kind == "first":
+                # their batch indices come after all of ours
+                shifted = theirs["first_bad"].clone()
+                shifted[0] = torch.where(shifted[0] == NO_BAD_BATCH, shifted[0], shifted[0] + mine["batches_seen"])
+                merged["first_bad"] = torch.where(shifted[0] < mine["first_bad"][0], shifted, mine["first_bad"])
+            elif kind == "least_precise":
+                merged |= {name: _less_precise(mine[name], theirs[name]) for name in names}
+            else:  # pragma: no cover - a new reduce kind must be handled here
+                raise AssertionError(kind)
+        return merged
+
     def merge(self, other: CovarianceAccumulator) -> None:
-        """Fold ``other``'s samples into this accumulator (parallel update; ``other`` unchanged)."""
+        """Fold ``other``'s samples into this accumulator (parallel update; ``other`` unchanged).
+
+        Both must be local (not synced): merging into global statistics would mix local rows into
+        a result every rank already holds, and merging two synced ones would count rows twice.
+        """
         if not isinstance(other, CovarianceAccumulator):
             raise CollapseProbeError(f"merge expects a CovarianceAccumulator, got {type(other).__name__}")
         if other.dim != self.dim:
             raise CollapseProbeError(f"cannot merge a dim={other.dim} accumulator into a dim={self.dim} one")
-        if (other.center, other.normalize) != (self.center, self.normalize):
-            raise CollapseProbeError("cannot merge accumulators with different center/normalize conventions")
-        to = dict(dtype=self.dtype, device=self.device)
-        self.count, self.mean, m2 = cpf.merge_moments(
-            self.count,
-            self.mean,
-            self._rank_update.full(self.m2),
-            other.count.to(**to),
-            other.mean.to(**to),
-            other._rank_update.full(other.m2).to(**to),
-        )
-        self.m2 = m2.contiguous()
-        self.nonfinite_count = self.nonfinite_count + other.nonfinite_count.to(self.device)
-        other_bad = other.first_bad_batch.to(self.device)
-        other_bad = torch.where(other_bad == NO_BAD_BATCH, other_bad, other_bad + self.batches_seen)
-        self.first_bad_batch = torch.minimum(self.first_bad_batch, other_bad)
-        self.batches_seen += other.batches_seen
-        if other.input_dtype is not None:
-            self.input_dtype = other.input_dtype if self.input_dtype is None else _less_precise(self.input_dtype, other.input_dtype)
+        if (other.center, other.normalize, other.ddof) != (self.center, self.normalize, self.ddof):
+            raise CollapseProbeError("cannot merge accumulators with different center/normalize/ddof conventions")
+        if self.synced or other.synced:
+            raise CollapseProbeError(
+                "cannot merge a synced accumulator: after sync() it holds every rank's rows already; "
+                "merge local accumulators first, then sync() once"
+            )
+        theirs = {}
+        for state in STATE:
+            value = getattr(other, state.name)
+            if state.on_device:
+                value = value.to(device=self.device, dtype=getattr(self, state.name).dtype)
+            theirs[state.name] = value
+        self._assign(self._combine(theirs), synced=False)
 
     def sync(self, group: Any = None) -> None:
         """All-reduce the statistics over ``torch.distributed`` so every rank holds the global ones.
 
-        Two all-reduces, O(d^2) memory: first ``(n_i, n_i * mean_i)`` for the global mean, then
-        ``M2_i + n_i (mean_i - mean)(mean_i - mean)^T``, whose sum is the exact pooled M2 (the
-        k-way form of the Chan update). A no-op when torch.distributed is not initialised.
+        Each :data:`STATE` kind is reduced by its rule: the moments by two all-reduces in O(d^2)
+        memory (first ``(n_i, n_i * mean_i)`` for the global mean, then
+        ``M2_i + n_i (mean_i - mean)(mean_i - mean)^T``, whose sum is the exact pooled M2: the
+        k-way Chan update); counts by a sum; the first bad batch by a (batch, rank) minimum; the
+        input dtype by the least precise. Marks the state synced; a no-op when torch.distributed
+        is not initialised or the state is already synced.
         """
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or self._synced:
+        if not (dist.is_available() and dist.is_initialized()) or self.synced:
             return
         world = dist.get_world_size(group)
         rank = dist.get_rank(group)
-        totals = torch.cat([self.count.reshape(1), self.mean * self.count])
+        mine = self._values()
+        merged: dict[str, Any] = {}
+
+        totals = torch.cat([mine["count"].reshape(1), mine["mean"] * mine["count"]])
         dist.all_reduce(totals, group=group)
-        count = totals[0]
-        mean = totals[1:] / torch.clamp(count, min=1.0)
-        offset = self.mean - mean
-        m2 = self._rank_update.full(self.m2) + torch.outer(offset, offset) * self.count
+        merged["count"] = totals[0]
+        merged["mean"] = totals[1:] / torch.clamp(totals[0], min=1.0)
+        offset = mine["mean"] - merged["mean"]
+        weighted = offset * torch.sqrt(mine["count"])
+        m2 = mine["m2"].clone().addr_(weighted, weighted)
         dist.all_reduce(m2, group=group)
-        nonfinite = self.nonfinite_count.clone()
-        dist.all_reduce(nonfinite, group=group)
-        batches = torch.tensor(self.batches_seen, device=self.device)
-        dist.all_reduce(batches, group=group)
-        first_bad_encoded = torch.where(
-            self.first_bad_batch == NO_BAD_BATCH, self.first_bad_batch, self.first_bad_batch * world + rank
-        )
-        dist.all_reduce(first_bad_encoded, op=dist.ReduceOp.MIN, group=group)
-        self.count, self.mean, self.m2 = count, mean, m2.contiguous()
-        self.nonfinite_count = nonfinite
-        self.batches_seen = int(batches)
-        self.first_bad_batch = first_bad_encoded
-        self._bad_batch_world = world
-        self._synced = True
+        merged["m2"] = m2
+
+        sum_names = [state.name for state in STATE if state.reduce == "sum"]
+        sums = torch.stack([torch.as_tensor(mine[name], dtype=torch.int64, device=self.device).reshape(())
+                            for name in sum_names])
+        dist.all_reduce(sums, group=group)
+        for name, total in zip(sum_names, sums, strict=True):
+            merged[name] = total if self._field(name).on_device else int(total)
+
+        batch = mine["first_bad"][0]
+        encoded = torch.where(batch == NO_BAD_BATCH, batch, batch * world + rank)
+        dist.all_reduce(encoded, op=dist.ReduceOp.MIN, group=group)
+        found = encoded != NO_BAD_BATCH
+        merged["first_bad"] = torch.stack([
+            torch.where(found, encoded // world, encoded), torch.where(found, encoded % world, -1)
+        ])
+
+        dtype = mine["input_dtype"]
+        index = torch.tensor(-1 if dtype is None else PRECISION_ORDER.index(dtype), device=self.device)
+        dist.all_reduce(index, op=dist.ReduceOp.MAX, group=group)
+        merged["input_dtype"] = None if int(index) < 0 else PRECISION_ORDER[int(index)]
+        self._assign(merged, synced=True)
+
+    @staticmethod
+    def _field(name: str) -> StateField:
+        return next(state for state in STATE if state.name == name)
 
     # --------------------------------------------------------------- compute
-    def _finalize_checks(self) -> tuple[int, int]:
-        """Read the on-device flags once; raise for non-finite input or too few samples."""
-        count, nonfinite, first_bad = (int(v) for v in torch.stack(
-            [self.count.to(torch.int64), self.nonfinite_count, self.first_bad_batch]
+    def finalize(self) -> Moments:
+        """Read the on-device flags once and hand the statistics over as :class:`Moments`.
+
+        Raises for non-finite input (naming the layer and the first batch) and for an empty
+        stream. The returned ``m2`` is this accumulator's own tensor (no copy): solve it before
+        updating again.
+        """
+        count, nonfinite, first_batch, first_rank = (int(v) for v in torch.cat(
+            [self.count.to(torch.int64).reshape(1), self.nonfinite_count.reshape(1), self.first_bad]
         ).cpu())
         where = f"layer {self.layer!r}" if self.layer else "the model output"
         if nonfinite and not self.skip_nonfinite:
-            if getattr(self, "_bad_batch_world", None):
-                batch, rank = divmod(first_bad, self._bad_batch_world)
-                place = f"batch {batch} on rank {rank}"
-            else:
-                place = f"batch {first_bad}"
+            place = f"batch {first_batch}" + (f" on rank {first_rank}" if first_rank >= 0 else "")
             raise NonFiniteEmbeddingError(
                 f"non-finite embeddings (NaN/Inf) in {where}, first in {place} ({nonfinite} batches affected); "
                 "pass skip_nonfinite=True to drop such rows"
             )
         if self.batches_seen == 0:
             raise CollapseProbeError(f"no batches were accumulated for {where}: is the loader empty?")
-        if count < 2:
-            raise CollapseProbeError(f"need at least 2 finite samples for a covariance of {where}, got {count}")
-        if count <= self.dim:
-            warnings.warn(
-                f"{where}: n_samples={count} <= dim={self.dim}; the covariance rank is limited by the "
-                f"sample count (at most {count - self.ddof} non-zero eigenvalues)",
-                stacklevel=3,
-            )
-        return count, nonfinite
-
-    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(C, G)``: the covariance (or second moment when ``center=False``) and ``Z^T Z``."""
-        m2 = self._rank_update.full(self.m2)
-        gram = cpf.uncentred_gram(self.count, self.mean, m2)
-        matrix = m2 if self.center else gram
-        return cpf.covariance_from_moments(self.count, matrix, self.ddof), gram
+        return Moments(
+            count=count, mean=self.mean, m2=self.m2, center=self.center, normalize=self.normalize,
+            ddof=self.ddof, dtype=str(self.dtype).removeprefix("torch."),
+            input_dtype=str(self.input_dtype or self.dtype).removeprefix("torch."), layer=self.layer,
+            n_skipped_nonfinite=nonfinite if self.skip_nonfinite else 0,
+        )
 
     def compute(self):
         """Solve the eigenproblem and return an immutable :class:`~collapse_probe.result.Spectrum`."""
-        from collapse_probe.solve import solve_spectra
-
-        return solve_spectra([self])[0]
+        return solve_spectra([self.finalize()])[0]

@@ -62,11 +62,27 @@ def pool_output(output: Any, pool: str, where: str) -> torch.Tensor:
     raise CollapseProbeError(f"{where} output has shape {tuple(output.shape)}; use pool='flatten' for it")
 
 
+class CallCounts(dict):
+    """How many times each hooked module ran since the last :meth:`start_forward` (name -> calls)."""
+
+    def start_forward(self) -> None:
+        """Zero every count: call it before each forward pass of the model."""
+        self.clear()
+
+
 @contextmanager
-def capture_outputs(modules: dict[str, nn.Module], sink: Callable[[str, Any], None]) -> Iterator[None]:
-    """Call ``sink(name, output)`` after each named module's forward; hooks removed on every exit."""
+def capture_outputs(modules: dict[str, nn.Module], sink: Callable[[str, Any], None]) -> Iterator[CallCounts]:
+    """Call ``sink(name, output)`` after each named module's forward; hooks removed on every exit.
+
+    Yields a :class:`CallCounts`: a module that runs more than once per model forward (siamese
+    views, a weight-tied block) shows a count above one, so callers can refuse or choose a call.
+    When the sink runs, ``counts[name] - 1`` is the index of the current call.
+    """
+    counts = CallCounts()
+
     def hook_for(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            counts[name] = counts.get(name, 0) + 1
             sink(name, output)  # a hook that returned a value would replace the module's output
 
         return hook
@@ -75,7 +91,7 @@ def capture_outputs(modules: dict[str, nn.Module], sink: Callable[[str, Any], No
     try:
         for name, module in modules.items():
             handles.append(module.register_forward_hook(hook_for(name)))
-        yield
+        yield counts
     finally:
         for handle in handles:
             handle.remove()

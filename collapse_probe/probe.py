@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -12,7 +13,10 @@ from torch import nn
 
 from collapse_probe.accumulator import CovarianceAccumulator
 from collapse_probe.capture import capture_outputs, eval_mode, pool_output, resolve_modules
+from collapse_probe.devices import resolve_device
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.ranks import is_distributed as _is_distributed
+from collapse_probe.ranks import is_main_process as _is_main_process
 from collapse_probe.result import Spectrum
 from collapse_probe.solve import solve_spectra
 
@@ -20,6 +24,7 @@ INPUT_KEYS = ("input", "inputs", "image", "images", "img", "pixel_values", "x")
 PRECISIONS = {None: None, "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
               "fp16": torch.float16, "float16": torch.float16}
 OUTPUT = "<output>"
+REPEATED_CALLS = ("error", "first", "last", "each")
 
 
 def default_input(batch: Any) -> Any:
@@ -36,15 +41,6 @@ def default_input(batch: Any) -> Any:
             f"cannot find the input in a dict batch with keys {sorted(batch)}; pass input_fn=lambda b: b[KEY]"
         )
     raise CollapseProbeError(f"cannot take the input from a batch of type {type(batch).__name__}; pass input_fn")
-
-
-def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """``device`` if given, else the device of the model's first parameter or buffer, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -71,18 +67,6 @@ def _progress(loader: Iterable, enabled: bool) -> Iterable:
 
     total = len(loader) if hasattr(loader, "__len__") else None
     return tqdm(loader, total=total, desc="probing", unit="batch", file=sys.stderr, leave=False)
-
-
-def _is_distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not _is_distributed() or dist.get_rank() == 0
 
 
 def _agree_on_dimensions(
@@ -115,6 +99,7 @@ def spectrum(
     precision: str | None = None,
     progress: bool = True,
     skip_nonfinite: bool = False,
+    repeated_calls: str = "error",
 ) -> Spectrum | dict[str, Spectrum]:
     """Covariance spectra of a model's embeddings, streamed over a loader in O(d^2) memory.
 
@@ -141,9 +126,16 @@ def spectrum(
         precision: ``None``/``"fp32"``, or ``"bf16"``/``"fp16"`` to run the forward under autocast.
         progress: a tqdm bar on stderr (rank 0 only).
         skip_nonfinite: drop rows with NaN/Inf (counted) instead of raising.
+        repeated_calls: what to do with a layer that runs more than once per forward pass
+            (siamese views, a weight-tied block), whose outputs would otherwise count k x B rows
+            for B inputs: ``"error"`` (default) raises naming the module and its call count;
+            ``"first"`` / ``"last"`` probe only that call (recorded in ``Spectrum.extra``);
+            ``"each"`` probes every call as its own spectrum, keyed ``"name#0"``, ``"name#1"``, ...
+            (the result is then always a dict).
 
     Returns:
-        A :class:`Spectrum`, or ``dict[str, Spectrum]`` when ``layers`` is a list.
+        A :class:`Spectrum`, or ``dict[str, Spectrum]`` when ``layers`` is a list (or
+        ``repeated_calls="each"``).
 
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -154,31 +146,56 @@ def spectrum(
     """
     if precision not in PRECISIONS:
         raise CollapseProbeError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+    if repeated_calls not in REPEATED_CALLS:
+        raise CollapseProbeError(f"unknown repeated_calls {repeated_calls!r}; use one of {', '.join(REPEATED_CALLS)}")
     if max_samples is not None and max_samples < 2:
         raise CollapseProbeError(f"max_samples must be at least 2, got {max_samples}")
+    if layers is not None and not isinstance(layers, str) and len(layers) == 0:
+        raise CollapseProbeError("layers is empty: name at least one module, or pass layers=None for the model output")
     names = [layers] if isinstance(layers, str) else list(layers or [])
     if len(set(names)) != len(names):
         raise CollapseProbeError(f"layers contains duplicates: {names}")
     modules = resolve_modules(model, names)
-    device = resolve_device(model, device)
+    device = resolve_device(device, model=model)
     model.to(device)
     autocast_dtype = PRECISIONS[precision]
     extract = input_fn or default_input
     accumulators: dict[str, CovarianceAccumulator] = {}
-    budget = {"remaining": max_samples if max_samples is not None else float("inf")}
+    calls_seen: dict[str, int] = {}  # the most calls per forward of each layer
+    remaining = max_samples if max_samples is not None else float("inf")
+    captured: dict[str, list[torch.Tensor]] = {}
 
-    def accumulate(name: str, output: Any) -> None:
+    def capture(name: str, output: Any) -> None:
         where = f"layer {name!r}" if name != OUTPUT else "the model output"
-        z = pool_output(output, pool, where)
-        budget["batch_rows"] = z.shape[0]
-        if budget["remaining"] < z.shape[0]:
-            z = z[: int(budget["remaining"])]
-        if name not in accumulators:
-            accumulators[name] = CovarianceAccumulator(
+        captured.setdefault(name, []).append(pool_output(output, pool, where))
+
+    def accumulate(key: str, layer: str, z: torch.Tensor) -> None:
+        if key not in accumulators:
+            accumulators[key] = CovarianceAccumulator(
                 z.shape[1], device=device, center=center, normalize=normalize,
-                layer=None if name == OUTPUT else name, skip_nonfinite=skip_nonfinite,
+                layer=None if layer == OUTPUT else key, skip_nonfinite=skip_nonfinite,
             )
-        accumulators[name].update(z)
+        accumulators[key].update(z[: int(min(remaining, z.shape[0]))])
+
+    def fold_batch() -> int:
+        """Fold this forward's captured outputs into the accumulators; the batch's row count."""
+        rows = 0
+        for name, outputs in captured.items():
+            calls_seen[name] = max(calls_seen.get(name, 0), len(outputs))
+            if len(outputs) > 1 and repeated_calls == "error":
+                raise CollapseProbeError(
+                    f"layer {name!r} ran {len(outputs)} times in one forward pass (siamese views or a weight-tied "
+                    f"block?), so it would count {len(outputs)} rows per input: choose repeated_calls='first', "
+                    "'last' or 'each' (CLI: --repeated-calls)"
+                )
+            if repeated_calls == "each" and name != OUTPUT:
+                for call, z in enumerate(outputs):
+                    accumulate(f"{name}#{call}", name, z)
+            else:
+                accumulate(name, name, outputs[-1] if repeated_calls == "last" else outputs[0])
+            rows = max(rows, outputs[0].shape[0])
+        captured.clear()
+        return rows
 
     def autocast() -> contextlib.AbstractContextManager:
         if autocast_dtype is None:
@@ -186,31 +203,59 @@ def spectrum(
         return torch.autocast(device_type=device.type, dtype=autocast_dtype)
 
     batches = 0
-    with eval_mode(model), capture_outputs(modules, accumulate), torch.inference_mode():
+    with eval_mode(model), capture_outputs(modules, capture) as counts, torch.inference_mode():
         for batch in _progress(loader, progress and _is_main_process()):
-            if budget["remaining"] <= 0:
+            if remaining <= 0:
                 break
             x = _to_device(extract(batch), device)
             if batches == 0:
                 _check_input(x, model)
+            counts.start_forward()
+            captured.clear()
             with autocast():
                 output = model(x)
             if not names:
-                accumulate(OUTPUT, output)
-            budget["remaining"] -= budget.pop("batch_rows", 0)
+                capture(OUTPUT, output)
+            remaining -= fold_batch()
             batches += 1
-    keys = names or [OUTPUT]
+    if repeated_calls == "each":
+        calls_seen = _agree_on_calls(calls_seen, names, device) if _is_distributed() else calls_seen
+        keys = [f"{name}#{call}" for name in names for call in range(calls_seen.get(name, 0))] or [OUTPUT]
+    else:
+        keys = names or [OUTPUT]
     if _is_distributed():
         _agree_on_dimensions(accumulators, keys, batches, device, center=center, normalize=normalize,
                              skip_nonfinite=skip_nonfinite)
     elif batches == 0:
         raise CollapseProbeError("the loader yielded no batches")
-    missing = [name for name in names if name not in accumulators]
+    missing = [name for name in names if not any(key == name or key.startswith(f"{name}#") for key in accumulators)]
     if missing:
         raise CollapseProbeError(f"layers {missing} never ran during the forward pass; pick modules on the forward path")
     for key in keys:
         accumulators[key].sync()
     solved = solve_spectra([accumulators[key] for key in keys])
+    solved = [_note_calls(s, key, calls_seen, repeated_calls) for s, key in zip(solved, keys, strict=True)]
+    if repeated_calls == "each" and names:
+        return dict(zip(keys, solved, strict=True))
     if isinstance(layers, str) or layers is None:
         return solved[0]
     return dict(zip(names, solved, strict=True))
+
+
+def _note_calls(result: Spectrum, key: str, calls_seen: Mapping[str, int], repeated_calls: str) -> Spectrum:
+    """Record in the result which call of a repeatedly-run layer it describes."""
+    name, _, call = key.rpartition("#") if repeated_calls == "each" and "#" in key else (key, "", "")
+    calls = calls_seen.get(name, 1)
+    if calls <= 1 and not call:
+        return result
+    note = {"calls_per_forward": calls, "call_used": int(call) if call else repeated_calls}
+    return dataclasses.replace(result, extra={**result.extra, **note})
+
+
+def _agree_on_calls(calls_seen: dict[str, int], names: Sequence[str], device: torch.device) -> dict[str, int]:
+    """The most calls per forward of each layer over all ranks (so every rank solves the same keys)."""
+    import torch.distributed as dist
+
+    counts = torch.tensor([calls_seen.get(name, 0) for name in names], dtype=torch.int64, device=device)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    return {name: int(count) for name, count in zip(names, counts.tolist(), strict=True) if count > 0}

@@ -16,6 +16,7 @@ import torch
 
 from collapse_probe import functional as cpf
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.moments import Moments, check_moments, embedding_moments, solve_moments
 
 FORMAT = "collapse-probe/spectrum-v1"
 
@@ -301,6 +302,40 @@ class Spectrum:
             raise CollapseProbeError(f"{path}: spectrum JSON lacks the field {error}") from None
 
     @classmethod
+    def from_moments(
+        cls,
+        moments: Moments,
+        *,
+        eigenvalues: torch.Tensor | None = None,
+        uncentered_singular_values: torch.Tensor | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Spectrum:
+        """The spectrum of finalised :class:`~collapse_probe.moments.Moments`.
+
+        ``eigenvalues`` / ``uncentered_singular_values`` are taken as solved when given (the
+        batched ``solve_spectra`` path); otherwise the moments are checked and solved here.
+        """
+        if eigenvalues is None or uncentered_singular_values is None:
+            check_moments(moments)
+            eigenvalues, uncentered_singular_values = solve_moments(moments)
+        as_cpu = dict(device="cpu", dtype=torch.float64)
+        return cls(
+            eigenvalues=eigenvalues.to(**as_cpu),
+            uncentered_singular_values=uncentered_singular_values.to(**as_cpu),
+            mean=moments.mean.to(**as_cpu),
+            variances=moments.variances().to(**as_cpu),
+            n_samples=moments.count,
+            center=moments.center,
+            normalize=moments.normalize,
+            ddof=moments.ddof,
+            dtype=moments.dtype,
+            input_dtype=moments.input_dtype,
+            layer=moments.layer,
+            n_skipped_nonfinite=moments.n_skipped_nonfinite,
+            extra=dict(extra or {}),
+        )
+
+    @classmethod
     def from_embeddings(
         cls,
         embeddings: torch.Tensor | np.ndarray,
@@ -312,19 +347,15 @@ class Spectrum:
         skip_nonfinite: bool = False,
         chunk_size: int = 8192,
     ) -> Spectrum:
-        """The spectrum of an in-memory (N, d) array, streamed in chunks through the accumulator."""
-        from collapse_probe.accumulator import CovarianceAccumulator
+        """The spectrum of an in-memory (N, d) array: float64 two-pass moments per chunk, Chan-merged.
 
+        Same conventions and result as streaming the rows through a ``CovarianceAccumulator``,
+        by an independent code path (``collapse_probe.moments.embedding_moments``).
+        """
         z = torch.as_tensor(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
-        if not isinstance(z, torch.Tensor) or z.ndim != 2:
-            raise CollapseProbeError(f"embeddings must be an (N, d) array, got shape {tuple(getattr(z, 'shape', ()))}")
-        accumulator = CovarianceAccumulator(
-            z.shape[1], device=z.device, center=center, ddof=ddof, normalize=normalize, layer=layer,
-            skip_nonfinite=skip_nonfinite,
-        )
-        for start in range(0, z.shape[0], chunk_size):
-            accumulator.update(z[start : start + chunk_size])
-        return accumulator.compute()
+        moments = embedding_moments(z, center=center, normalize=normalize, ddof=ddof, layer=layer,
+                                    skip_nonfinite=skip_nonfinite, chunk_size=chunk_size)
+        return cls.from_moments(moments)
 
     def plot(self, ax: Any = None, label: str | None = None) -> Any:
         """Sorted log eigenvalues against index, as in the paper; returns the matplotlib Axes."""
