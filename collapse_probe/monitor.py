@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from collapse_probe.ranks import is_main_process
+
 DEFAULT_LAYERS = {"representation": "backbone", "embedding": "embedding"}
 
 
@@ -81,9 +83,8 @@ class SpectrumMonitor:
         """One pass over the loader: ``{"<name>/<metric>": float, ..., "spectra": {name: dict}}``."""
         import collapse_probe
 
-        device = self.device if self.device is not None else next(model.parameters()).device
-        spectra = collapse_probe.spectrum(
-            model, self.loader, layers=list(self.layers.values()), device=device, normalize=self.normalize,
+        spectra = collapse_probe.spectrum(  # device None: where the model is
+            model, self.loader, layers=list(self.layers.values()), device=self.device, normalize=self.normalize,
             max_samples=self.max_samples, progress=False,
         )
         row: dict[str, Any] = {}
@@ -103,10 +104,14 @@ class SpectrumMonitor:
         return epoch % self.every == 0 or (self.last_epoch is not None and epoch == self.last_epoch)
 
     def log(self, model: nn.Module, *, epoch: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Probe now, append ``{"epoch": epoch, **extra, **metrics}`` to ``metrics_path``; return it."""
+        """Probe now, append ``{"epoch": epoch, **extra, **metrics}`` to ``metrics_path``; return it.
+
+        Under ``torch.distributed`` call it on every process (the probe all-reduces); every
+        process gets the row, only the main process (rank 0) writes the JSONL row and the plot.
+        """
         row = {"epoch": int(epoch), **(extra or {}), **self.probe(model)}
         self.history.append((int(epoch), self._last))
-        if self.metrics_path is not None:
+        if self.metrics_path is not None and is_main_process():
             os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -122,16 +127,11 @@ class SpectrumMonitor:
         self._save_plot()
 
     def _save_plot(self) -> None:
-        if self.plot_path is None or not self.history or not _is_main_process():
+        if self.plot_path is None or not self.history or not is_main_process():
             return
         figure = plot_spectrum_history(self.history)
         os.makedirs(os.path.dirname(os.path.abspath(self.plot_path)), exist_ok=True)
         figure.savefig(self.plot_path, dpi=100)
-
-
-def _is_main_process() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def plot_spectrum_history(history: Sequence[tuple[int, Mapping[str, Any]]]) -> Any:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from collapse_probe.ranks import is_distributed, world_size
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,7 +32,7 @@ class DistInfo:
 
 def dist_info() -> DistInfo:
     """Rank and world size of the running job (from the process group, else torchrun's env vars)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     return DistInfo(
         int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
@@ -72,14 +74,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     >>> gather_with_grad(torch.ones(2, 3)).shape
     torch.Size([2, 3])
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over processes (a copy; ``x`` itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return x
     x = x.clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)

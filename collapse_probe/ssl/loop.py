@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collapse_probe.devices import parse_device
+from collapse_probe.devices import resolve_device
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.global_state import restored_global_state
+from collapse_probe.ranks import is_distributed
 from collapse_probe.ssl.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -117,14 +118,6 @@ def global_loss(z: torch.Tensor, *, loss: str = "info_nce", temperature: float =
     return fn(gather_with_grad(z1), gather_with_grad(z2), temperature=temperature)
 
 
-def resolve_device(name: str | None, dist: DistInfo | None = None) -> torch.device:
-    """``name`` as a device; None picks CUDA (this process's GPU under torchrun) when available."""
-    device = parse_device(name)
-    if device.type == "cuda" and device.index is None and dist is not None and dist.world_size > 1:
-        device = torch.device("cuda", dist.local_rank)
-    return device
-
-
 def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     """Train ``config``'s model; write OUT/checkpoint.pt and OUT/metrics.jsonl every epoch.
 
@@ -143,9 +136,9 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
     if unknown:
         raise CollapseProbeError(f"unknown callback event(s) {sorted(unknown)}; use {', '.join(EVENTS)}")
     device = resolve_device(config.device)
-    joined_here = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    joined_here = not is_distributed()
     dist = init_distributed(device.type)
-    device = resolve_device(config.device, dist)
+    device = resolve_device(config.device, local_rank=dist.local_rank if dist.world_size > 1 else None)
     validate(config, world_size=dist.world_size)
     for event, fns in default_callbacks(config).items():
         callbacks.setdefault(event, []).extend(fns)

@@ -60,3 +60,43 @@ def test_monitor_callback_respects_every():
         monitor(s)
     assert [bool(s.row) for s in states] == [False, True, True]
     assert "0/effective_rank" in states[1].row
+
+
+def _monitor_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+        data = torch.randn(200, 6, generator=torch.Generator().manual_seed(1))
+        loader = DataLoader(TensorDataset(data[rank::world]), batch_size=32)  # this rank's shard
+        monitor = SpectrumMonitor(loader, layers={"hidden": "1"}, metrics_path=os.path.join(out_dir, "m.jsonl"),
+                                  plot_path=os.path.join(out_dir, "s.png"))
+        for epoch in (1, 2):
+            row = monitor.log(model, epoch=epoch)
+        torch.save({"n": row["hidden/n_samples"], "erank": row["hidden/effective_rank"]},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_monitor_log_writes_once_under_two_gloo_processes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_monitor_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]  # one row per epoch, not one per process
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert results[0] == results[1] and results[0]["n"] == 200  # every process gets the all-reduced row
+    assert rows[-1]["hidden/n_samples"] == 200
