@@ -16,7 +16,7 @@ from collapse_probe.reports import is_spectrum_file, load_spectra
 @click.option("--min-effective-rank", type=float, help="Fail when a layer's effective rank is below this.")
 @click.option("--min-rankme", type=float, help="Fail when a layer's RankMe is below this.")
 @click.option("--max-collapsed-fraction", type=float,
-              help="Fail when more than this fraction of a layer's dimensions is collapsed (0..1).")
+              help="Fail when more than this fraction of a layer's d dimensions is collapsed (0..1).")
 @click.option("--baseline", type=click.Path(dir_okay=False), metavar="SPECTRUM.json",
               help="A saved spectrum to compare with (needs --max-drop).")
 @click.option("--max-drop", type=float, metavar="FRACTION",
@@ -34,6 +34,10 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
     measured value and bound), 2 for a usage or input error. A saved spectrum.json (written by
     `collapse-probe spectrum --out`, or by a training job) needs no model, no data and no GPU.
 
+    N images show at most N - 1 of a layer's d dimensions. When N - 1 < d, a verdict is given
+    only if it holds whatever the unshown dimensions do; otherwise the check says it cannot be
+    judged ("need at least d+1 images, got N") and exits 2: give more images (--max-samples).
+
     \b
     Examples:
       collapse-probe check ckpt.pt --data val/ --min-effective-rank 50 --junit-xml collapse.xml
@@ -48,7 +52,8 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
     result = load_or_probe(source, config)
     reference = load_spectra(baseline).spectra if baseline is not None else None
     results = run_checks(result.spectra, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
-                         max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop)
+                         max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop,
+                         sample_name="samples" if config is None else "images")
     if report_json:
         write_report_json(report_json, results, source=result.source,
                           metrics={n: s.metrics() for n, s in result.spectra.items()})

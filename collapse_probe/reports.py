@@ -31,8 +31,11 @@ from collapse_probe.result import Spectrum, json_safe, read_json_file, to_frame
 SPECTRA_FORMAT = "collapse-probe/spectra-v1"
 OUTPUT_NAME = "output"
 #: The columns of the printed table: (metrics key, header).
+#: ``collapsed`` is shown as ``collapsed_dims/max_rank`` (of the dimensions the samples show);
+#: ``unobserved`` counts the dimensions N samples cannot show (``d - max_rank``, 0 when N > d).
 TABLE_COLUMNS = (("dim", "dim"), ("n_samples", "N"), ("effective_rank", "eff.rank"), ("rankme", "RankMe"),
-                 ("collapsed_dims", "collapsed"), ("stable_rank", "stable rank"), ("alpha", "alpha"))
+                 ("collapsed_dims", "collapsed"), ("unobserved_dims", "unobserved"), ("stable_rank", "stable rank"),
+                 ("alpha", "alpha"))
 
 
 @dataclass(frozen=True)
@@ -117,12 +120,15 @@ def finite_metrics(s: Spectrum) -> dict[str, Any]:
 
 
 def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None = None) -> str:
-    """One line per layer: name, role, dim, N, effective rank, RankMe, collapsed dims, stable rank, alpha.
+    """One line per layer: name, role, dim, N, effective rank, RankMe, collapsed, unobserved, stable rank, alpha.
+
+    ``collapsed`` is ``collapsed_dims/max_rank``: collapsed among the dimensions the samples show;
+    ``unobserved`` the ``d - max_rank`` dimensions N samples cannot show (N - 1 < d).
 
     >>> z = torch.randn(400, 4, dtype=torch.float64)
     >>> print(format_table({"fc": Spectrum.from_embeddings(z)}, {"fc": "representation"}))  # doctest: +ELLIPSIS
-    layer  role            dim    N  eff.rank  RankMe  collapsed  stable rank  alpha
-    fc     representation    4  400  ...
+    layer  role            dim    N  eff.rank  RankMe  collapsed  unobserved  stable rank  alpha
+    fc     representation    4  400  ...        0/4           0  ...
     """
     roles = roles or {}
     rows = [["layer", "role", *(header for _, header in TABLE_COLUMNS)]]
@@ -132,7 +138,7 @@ def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | Non
         for key, _ in TABLE_COLUMNS:
             value = m[key]
             if key == "collapsed_dims":
-                cells.append(f"{value}/{s.dim}")
+                cells.append(f"{value}/{s.max_rank}")
             elif isinstance(value, float):
                 cells.append("nan" if math.isnan(value) else f"{value:.2f}")
             else:

@@ -84,8 +84,10 @@ def test_check_on_checkpoint_and_data(tmp_path, checkpoints, image_folder, invok
     args = ["check", checkpoints["pt"], "--arch", "resnet18", "--data", image_folder, *image_args]
     code, stdout, _ = invoke([*args, "--max-collapsed-fraction", "1"])
     assert code == 0
-    code, stdout, _ = invoke([*args, "--min-effective-rank", "1e6"])
-    assert code == 1 and "FAIL min-effective-rank [fc]" in stdout
+    # 9 images show at most 8 of resnet18's 512 dims: no effective-rank verdict either way
+    code, stdout, stderr = invoke([*args, "--min-effective-rank", "1e6"])
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert "cannot judge min-effective-rank [fc]" in stderr and "need at least 513 images, got 9" in stderr
     code, _, stderr = invoke(["check", checkpoints["pt"], "--arch", "resnet18", "--min-rankme", "1"])
     assert code == 2 and "--data" in stderr
 
@@ -150,3 +152,21 @@ def test_embeddings_errors(tmp_path, invoke):
     torch.save({"embeddings": np.zeros((4, 3))}, tmp_path / "pickled.pt")  # numpy needs full unpickling
     code, _, stderr = invoke(["embeddings", tmp_path / "pickled.pt"])
     assert code == 2 and len(stderr.strip().splitlines()) == 1
+
+
+def test_check_refuses_what_300_samples_of_a_512_d_model_cannot_show(tmp_path, invoke):
+    """Issue 8 row 6: this printed `FAIL ... collapsed_fraction = 0.416 ... collapse detected`, exit 1."""
+    z = torch.as_tensor(np.random.default_rng(0).standard_normal((300, 512)))
+    path, s = _saved(tmp_path, "few", z)
+    assert np.linalg.matrix_rank(z.numpy() - z.numpy().mean(0)) == 299 == s.max_rank
+    code, stdout, stderr = invoke(["check", path, "--max-collapsed-fraction", "0.25"])
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith("Error: cannot judge max-collapsed-fraction [fc]") and "need at least 513 samples, got 300" in stderr
+    code, stdout, _ = invoke(["check", path, "--max-collapsed-fraction", "0.5"])  # holds even if all 213 unseen collapsed
+    assert code == 0 and "PASS max-collapsed-fraction [fc]: at most 0.416 of 512 dims collapsed" in stdout
+    code, stdout, _ = invoke(["compare", path, "--out", tmp_path / "cmp"])
+    header, row = stdout.strip().splitlines()
+    assert header.split()[6:8] == ["collapsed", "unobserved"] and row.split()[6:8] == ["0/299", "213"]
+    code, stdout, _ = invoke(["compare", path, "--json", "--out", tmp_path / "cmp"])
+    metrics = next(iter(json.loads(stdout).values()))
+    assert (metrics["unobserved_dims"], metrics["max_rank"], metrics["collapsed_dims"], metrics["sample_limited"]) == (213, 299, 0, True)
