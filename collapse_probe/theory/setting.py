@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from collapse_probe.devices import parse_device
+from collapse_probe.devices import resolve_device
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.result import Spectrum
 from collapse_probe.theory.linear import LinearChain, gaussian_inputs
@@ -42,12 +42,12 @@ class SimulationConfig:
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(steps >= 0, f"steps must be >= 0, got {steps}")
         check(lr > 0, f"lr must be > 0, got {lr}")
-        parse_device(self.device)
+        resolve_device(self.device)
 
 
 def setup(config: SimulationConfig) -> tuple[torch.device, torch.Generator, torch.Tensor]:
     """The device, a generator seeded with ``config.seed`` on it, and the (n_samples, dim) inputs."""
-    device = parse_device(config.device)
+    device = resolve_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     data = gaussian_inputs(config.n_samples, config.dim, generator=generator, device=device)
     return device, generator, data
