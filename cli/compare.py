@@ -8,7 +8,12 @@ import click
 from collapse_probe_cli import options
 
 from collapse_probe.pipeline import compare_sources
-from collapse_probe.reports import finite_metrics, format_table, write_comparison
+from collapse_probe.reports import (
+    finite_metrics,
+    format_table,
+    sample_limit_notes,
+    write_comparison,
+)
 
 
 @click.command("compare")
@@ -38,6 +43,9 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
         click.echo(json.dumps({name: finite_metrics(s) for name, s in spectra.items()}))
     elif not quiet:
         click.echo(format_table(spectra, roles))
+    if not quiet:
+        for note in sample_limit_notes(spectra, "samples" if config is None else "images"):
+            click.echo(note, err=True)
     if out is not None:
         paths = write_comparison(spectra, out, relative=relative)
         if not quiet:

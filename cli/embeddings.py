@@ -12,6 +12,7 @@ from collapse_probe.reports import (
     format_table,
     json_report,
     load_embeddings,
+    sample_limit_notes,
     write_outputs,
 )
 from collapse_probe.result import Spectrum
@@ -44,6 +45,9 @@ def embeddings(file: str, key: str | None, name: str | None, center: bool, norma
         click.echo(json_report(result))
     elif not quiet:
         click.echo(format_table(result.spectra))
+    if not quiet:
+        for note in sample_limit_notes(result.spectra):
+            click.echo(note, err=True)
     if out is not None:
         paths = write_outputs(result, out)
         if not quiet:

@@ -6,7 +6,7 @@ import click
 from collapse_probe_cli import options
 
 from collapse_probe.pipeline import probe_checkpoint
-from collapse_probe.reports import format_table, json_report, write_outputs
+from collapse_probe.reports import format_table, json_report, sample_limit_notes, write_outputs
 
 
 @click.command("spectrum")
@@ -43,6 +43,9 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
         click.echo(json_report(result))
     elif not quiet:
         click.echo(format_table(result.spectra, result.roles))
+    if not quiet:
+        for note in sample_limit_notes(result.spectra, "images"):
+            click.echo(note, err=True)
     if out is not None:
         paths = write_outputs(result, out)
         if not quiet:

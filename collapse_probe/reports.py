@@ -119,6 +119,21 @@ def finite_metrics(s: Spectrum) -> dict[str, Any]:
 
 
 
+def sample_limit_notes(spectra: Mapping[str, Spectrum], sample_name: str = "samples") -> list[str]:
+    """One line per sample-limited layer: how many dimensions the samples cannot show, and what to do.
+
+    >>> few = Spectrum.from_embeddings(torch.randn(9, 16, dtype=torch.float64))
+    >>> sample_limit_notes({"fc": few}, "images")
+    ['fc: 9 images show at most 8 of its 16 dimensions; the other 8 are unobserved (not counted as collapsed): use at least 17 images to see them all']
+    """
+    return [
+        f"{name}: {s.n_samples} {sample_name} show at most {s.max_rank} of its {s.dim} dimensions; the other "
+        f"{s.unobserved_dims} are unobserved (not counted as collapsed): use at least {s.samples_needed} "
+        f"{sample_name} to see them all"
+        for name, s in spectra.items() if s.sample_limited
+    ]
+
+
 def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None = None) -> str:
     """One line per layer: name, role, dim, N, effective rank, RankMe, collapsed, unobserved, stable rank, alpha.
 
