@@ -69,9 +69,12 @@ def test_two_gloo_processes_match_one_process(two_process_results, loss_kind):
     loss.backward()
     for rank in range(2):
         got = torch.load(two_process_results / f"{loss_kind}-rank{rank}.pt", weights_only=True)
-        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=0.0)
         for name, p in model.named_parameters():
-            torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
+            # float32 sums in another order (shards, then an all-reduce): tolerance relative to the
+            # parameter's largest gradient, not to each (possibly tiny) entry
+            scale = float(p.grad.abs().max())
+            torch.testing.assert_close(got["grads"][name], p.grad, rtol=0.0, atol=1e-5 * scale, msg=name)
 
 
 def _train_worker(rank: int, world: int, port: int, out_dir: str) -> None:
