@@ -18,8 +18,8 @@ from collapse_probe.reports import format_table, json_report, sample_limit_notes
 def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **values) -> None:
     """Covariance spectrum of CHECKPOINT's embeddings on a folder of images.
 
-    Prints one row per probed layer (effective rank, RankMe, collapsed dims, stable rank,
-    alpha-ReQ) and writes spectrum.json, spectrum.csv and the paper's sorted log-spectrum plot
+    Prints one row per probed layer (effective rank, RankMe, collapsed dims, the dims too few
+    images cannot show, stable rank, alpha-ReQ) and writes spectrum.json, spectrum.csv and the paper's sorted log-spectrum plot
     spectrum.png to --out. By default the representation (the backbone output, i.e. the input of
     the final classifier) and, when the checkpoint holds a projector, the projector output are
     probed, on one plot.
