@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 
 import click
 
+from collapse_probe.checkpoints import PartialLoadWarning
 from collapse_probe.errors import CollapseProbeError
 
 EXIT_OK = 0
@@ -20,9 +22,29 @@ EXIT_INTERNAL = 3
 
 
 def run_cli(group: click.Group, argv: list[str] | None) -> int:
-    """Invoke ``group`` and map exceptions to one-line messages and exit codes."""
+    """Invoke ``group`` and map exceptions to one-line messages and exit codes.
+
+    A :class:`~collapse_probe.checkpoints.PartialLoadWarning` (``--allow-partial`` let a checkpoint
+    that does not fit load) is shown as one ``Warning:`` line on stderr, even with ``--quiet``;
+    other Python warnings are shown as Python shows them.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    with warnings.catch_warnings():
+        shown_before = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, PartialLoadWarning) and not debug:
+                click.echo(f"Warning: {message}", err=True)
+            else:
+                shown_before(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", PartialLoadWarning)  # one line per checkpoint, every run
+        return _run(group, args, debug)
+
+
+def _run(group: click.Group, args: list[str], debug: bool) -> int:
     try:
         # standalone_mode=False: click returns ctx.exit(code)'s code instead of raising Exit
         code = group.main(args=args, prog_name="collapse-probe", standalone_mode=False)

@@ -34,7 +34,9 @@ arch = click.option("--arch", metavar="NAME",
 trust_checkpoint = click.option("--trust-checkpoint", is_flag=True,
                                 help="Allow full unpickling (can run arbitrary code: only for files you trust).")
 allow_partial = click.option("--allow-partial", is_flag=True,
-                             help="Probe even when most of the model's weights are missing from the checkpoint.")
+                             help="Probe even when the checkpoint does not fit --arch (shape-mismatched or "
+                                  "missing tensors, unexpected backbone keys): those parts stay random, and a "
+                                  "warning and the load report say which.")
 data = click.option("--data", metavar="DIR|builtin:NAME",
                     help="Image folder (searched recursively; class sub-folders fine) or builtin:digits.")
 layer = click.option("--layer", "layers", multiple=True, metavar="NAME",

@@ -16,9 +16,32 @@ What :func:`load_encoder_with_report` recognises, in this order:
 
 Key prefixes (``module.``, ``_orig_mod.``, ``backbone.``, ``module.backbone.``, ...) are removed
 only at the *start* of a key: the prefix chosen is the one under which most checkpoint keys name a
-key of the model (timm's ``_helpers.py`` does the same, by a fixed list). Missing, unexpected and
-shape-mismatched keys are reported, never hidden; when more than half of the model's keys are
-missing, loading fails unless ``allow_partial=True``: a random network is never probed silently.
+key of the model (timm's ``_helpers.py`` does the same, by a fixed list). When several prefixes
+tie -- a MoCo file holds ``encoder_q.`` and ``encoder_k.``, BYOL ``online_network.`` and
+``target_network.``, solo-learn ``backbone.`` and ``momentum_backbone.`` -- the online encoder is
+chosen **by name, never by key order**: a prefix with a word such as ``momentum``, ``target``,
+``teacher``, ``ema``, ``key``/``k`` loses to one with ``q``, ``query``, ``online``, ``student``,
+``backbone``, which wins over a neutral name; the rest goes alphabetically, with a warning note.
+(The ``teacher``/``student`` *wrapper keys* above are DINO's file format, whose evaluation uses
+the teacher, so there the teacher is kept; as key prefixes inside one state_dict, ``student.`` is
+the online network and wins.) The report names the prefix used and the candidates ignored.
+
+A checkpoint that does not fit the architecture is refused (:class:`CollapseProbeError`) unless
+``allow_partial=True``, because the tensors it leaves random would be probed as if trained:
+
+* shape-mismatched keys (a resnet50 file with ``arch="resnet18"``);
+* unexpected keys that look like backbone weights, i.e. not under a known head or second-encoder
+  name (:data:`HEAD_COMPONENTS`, :data:`HEAD_WORDS`: classifier, fc, head, projector, predictor,
+  prototypes, queue, momentum/target/teacher/key encoder) nor under an ignored candidate prefix
+  (a resnet34 file loads 120/120 tensors of a resnet18 and leaves 98 such keys);
+* any of the model's parameters or buffers missing (a model saved as ``named_parameters()`` lacks
+  the BatchNorm running statistics). Only ``num_batches_tracked`` may be missing: eval mode never
+  reads it.
+
+Unexpected keys under known head names are dropped and listed in the report. A load that
+``allow_partial`` lets through issues a :class:`PartialLoadWarning` naming what stays random, so
+neither :func:`load_encoder` nor the CLI (``--allow-partial``) probes a partly random network
+silently.
 
 The final linear classifier of an image model is replaced by ``nn.Identity``
 (:func:`collapse_probe.encoders.strip_classifier`), so its name gives the representation.
@@ -28,6 +51,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +75,28 @@ TRAINER_FORMAT = "collapse-probe/trainer-v1"
 WRAPPER_KEYS = ("state_dict", "model", "teacher", "student", "model_state_dict", "backbone", "encoder", "net")
 #: At most this many leading dotted components are tried as a prefix to strip.
 MAX_PREFIX_DEPTH = 3
+#: Key components that name a training head, a queue or a second (momentum) encoder.
+HEAD_COMPONENTS = frozenset({
+    "fc", "head", "heads", "classifier", "classifiers", "linear", "last_linear", "last_layer", "projector",
+    "projection", "predictor", "prediction", "prototypes", "queue", "queue_ptr", "encoder_k", "k_encoder",
+    "key_encoder", "model_k",
+})
+#: Words (``_``-separated parts of a key component) that mark the same: ``momentum_backbone``,
+#: ``target_network``, ``dino_head``, ``projection_head``, ``online_classifier``, ...
+HEAD_WORDS = frozenset({
+    "head", "classifier", "projector", "projection", "predictor", "prediction", "prototypes", "queue",
+    "momentum", "target", "teacher", "ema",
+})
+#: Words that mark a prefix as the momentum / target / teacher copy of an encoder (never chosen
+#: over another full match) or as the online one (chosen first).
+MOMENTUM_WORDS = frozenset({"k", "key", "momentum", "target", "teacher", "ema", "shadow"})
+ONLINE_WORDS = frozenset({"q", "query", "online", "student", "backbone"})
+#: Missing keys with this last component are harmless: eval-mode BatchNorm never reads them.
+HARMLESS_MISSING = frozenset({"num_batches_tracked"})
+
+
+class PartialLoadWarning(UserWarning):
+    """Issued when ``allow_partial`` lets a checkpoint that does not fit the model load anyway."""
 
 
 @dataclass(frozen=True)
@@ -69,23 +115,69 @@ class LoadReport:
     mismatched_keys: tuple[str, ...] = ()
     classifier: str | None = None
     notes: tuple[str, ...] = ()
+    #: Other prefixes under which (at least half as many) keys name the model's: a second encoder.
+    ignored_prefixes: tuple[str, ...] = ()
+    #: The unexpected keys that look like backbone weights (not a known head): a wrong arch.
+    unexpected_backbone_keys: tuple[str, ...] = ()
+
+    @property
+    def missing_weights(self) -> tuple[str, ...]:
+        """Missing keys that matter: all but ``num_batches_tracked``."""
+        return tuple(k for k in self.missing_keys if k.rpartition(".")[2] not in HARMLESS_MISSING)
+
+    @property
+    def partial(self) -> bool:
+        """True when part of the model stays randomly initialised (only ``allow_partial`` allows it)."""
+        return bool(self.missing_weights or self.mismatched_keys or self.unexpected_backbone_keys)
+
+    def problems(self) -> list[str]:
+        """What does not fit, one short phrase per kind (empty for a complete load)."""
+        found = []
+        if self.mismatched_keys:
+            found.append(f"{len(self.mismatched_keys)} shape-mismatched keys ({_shown(self.mismatched_keys, 2)})")
+        if self.unexpected_backbone_keys:
+            found.append(f"{len(self.unexpected_backbone_keys)} unexpected keys that look like backbone weights "
+                         f"({_shown(self.unexpected_backbone_keys, 3)})")
+        mismatched = {k.partition(" ")[0] for k in self.mismatched_keys}
+        absent = tuple(k for k in self.missing_weights if k not in mismatched)
+        if absent:
+            found.append(f"{len(absent)} of the model's {self.n_expected} tensors missing ({_shown(absent, 3)})")
+        return found
 
     def summary(self) -> str:
         """A few human lines: format, arch, keys loaded, what was dropped or missing."""
         where = f" under {self.source!r}" if self.source else ""
         lines = [f"{self.path}: {self.kind}{where}" + (f", arch {self.arch}" if self.arch else "")]
+        if self.partial:
+            lines.append("warning: PARTIAL LOAD (--allow-partial): part of the model stays randomly initialised: "
+                         + "; ".join(self.problems()))
         if self.n_expected:
             prefix = f" (stripped prefix {self.stripped_prefix!r})" if self.stripped_prefix else ""
             lines.append(f"loaded {self.n_loaded}/{self.n_expected} tensors{prefix}")
+        if self.ignored_prefixes:
+            lines.append(f"ignored candidate prefixes {', '.join(map(repr, self.ignored_prefixes))}: "
+                         "they match the model too (another copy of the encoder: momentum, target, teacher), not probed")
         for label, keys in (("missing", self.missing_keys), ("unexpected", self.unexpected_keys),
                             ("shape-mismatched", self.mismatched_keys)):
             if keys:
-                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
-                lines.append(f"{label} keys: {shown}")
+                lines.append(f"{label} keys: {_shown(keys, 5)}")
         if self.classifier:
             lines.append(f"classifier {self.classifier!r} replaced by Identity: its output is the representation")
         lines.extend(self.notes)
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The load as JSON-ready values (the ``load`` block of ``spectrum.json``'s ``source``)."""
+        return {"kind": self.kind, "source": self.source, "arch": self.arch, "stripped_prefix": self.stripped_prefix,
+                "ignored_prefixes": list(self.ignored_prefixes), "n_loaded": self.n_loaded,
+                "n_expected": self.n_expected, "partial": self.partial, "missing_keys": list(self.missing_keys),
+                "mismatched_keys": list(self.mismatched_keys), "unexpected_keys": list(self.unexpected_keys),
+                "unexpected_backbone_keys": list(self.unexpected_backbone_keys), "notes": list(self.notes)}
+
+
+def _shown(keys: tuple[str, ...] | list[str], n: int) -> str:
+    """The first ``n`` keys, and how many there are in all when that is more."""
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
 @dataclass(frozen=True)
@@ -221,16 +313,29 @@ def find_state_dict(obj: Any) -> tuple[str, dict[str, torch.Tensor]]:
     raise CollapseProbeError(f"the checkpoint holds a {type(obj).__name__}, not a state_dict or a model")
 
 
-def best_prefix(keys: list[str], model_keys: set[str]) -> str:
-    """The leading prefix whose removal makes the most ``keys`` name a key of the model.
+def _words(key: str) -> set[str]:
+    """The lower-case words of a key: its dotted components and their ``_``-separated parts."""
+    components = [c.lower() for c in key.split(".") if c]
+    return set(components) | {w for c in components for w in c.split("_")}
+
+
+def _prefix_preference(prefix: str) -> int:
+    """0 for an online/query/student encoder, 1 for a neutral name, 2 for a momentum/target/teacher one."""
+    words = _words(prefix)
+    return 2 if words & MOMENTUM_WORDS else 0 if words & ONLINE_WORDS else 1
+
+
+def rank_prefixes(keys: list[str], model_keys: set[str]) -> list[tuple[str, int]]:
+    """Every candidate prefix with how many ``keys`` it makes name a key of the model, best first.
 
     Only prefixes made of up to :data:`MAX_PREFIX_DEPTH` whole leading components are tried, and
-    a prefix is only ever removed from the start of a key; ties go to the shorter prefix.
+    a prefix is only ever removed from the start of a key. Order: most matches; on a tie the
+    online encoder by name (:func:`_prefix_preference`: ``encoder_q.`` before ``encoder_k.``,
+    ``backbone.`` before ``momentum_backbone.``), then the shorter prefix, then alphabetical --
+    never the order of the keys in the file.
 
-    >>> best_prefix(["module.backbone.conv.weight", "module.projector.0.weight"], {"conv.weight"})
-    'module.backbone.'
-    >>> best_prefix(["conv.weight"], {"conv.weight"})
-    ''
+    >>> rank_prefixes(["encoder_k.w", "encoder_k.b", "encoder_q.w", "encoder_q.b", "queue"], {"w", "b"})
+    [('encoder_q.', 2), ('encoder_k.', 2), ('', 0)]
     """
     counts: dict[str, int] = {"": 0}
     for key in keys:
@@ -239,7 +344,35 @@ def best_prefix(keys: list[str], model_keys: set[str]) -> str:
             prefix = "".join(p + "." for p in parts[:depth])
             if key[len(prefix):] in model_keys:
                 counts[prefix] = counts.get(prefix, 0) + 1
-    return max(counts, key=lambda p: (counts[p], -len(p)))
+    return sorted(counts.items(), key=lambda item: (-item[1], _prefix_preference(item[0]), len(item[0]), item[0]))
+
+
+def best_prefix(keys: list[str], model_keys: set[str]) -> str:
+    """The leading prefix whose removal makes the most ``keys`` name a key of the model.
+
+    The first of :func:`rank_prefixes`: ties go to the online encoder by name, then to the shorter
+    prefix.
+
+    >>> best_prefix(["module.backbone.conv.weight", "module.projector.0.weight"], {"conv.weight"})
+    'module.backbone.'
+    >>> best_prefix(["conv.weight"], {"conv.weight"})
+    ''
+    >>> best_prefix(["module.encoder_k.conv.weight", "module.encoder_q.conv.weight"], {"conv.weight"})
+    'module.encoder_q.'
+    """
+    return rank_prefixes(keys, model_keys)[0][0]
+
+
+def is_head_key(key: str) -> bool:
+    """True when ``key`` is under a known head or second-encoder name (not backbone weights).
+
+    >>> is_head_key("module.projector.0.weight"), is_head_key("momentum_backbone.conv1.weight")
+    (True, True)
+    >>> is_head_key("layer1.2.conv1.weight")
+    False
+    """
+    words = _words(key)
+    return bool(words & HEAD_COMPONENTS or words & HEAD_WORDS)
 
 
 def load_weights(
@@ -247,16 +380,25 @@ def load_weights(
 ) -> dict[str, Any]:
     """Load ``state_dict`` into ``model`` after stripping the best prefix; report what happened.
 
-    Returns a dict with ``stripped_prefix``, ``n_loaded``, ``n_expected``, ``missing_keys``,
-    ``unexpected_keys`` and ``mismatched_keys``. Raises when more than half of the model's keys
-    find no weight, unless ``allow_partial``.
+    Returns a dict of :class:`LoadReport` fields: ``stripped_prefix``, ``ignored_prefixes``,
+    ``n_loaded``, ``n_expected``, ``missing_keys``, ``unexpected_keys``,
+    ``unexpected_backbone_keys``, ``mismatched_keys`` and ``notes``. Raises :class:`CollapseProbeError` when
+    the checkpoint does not fit the model (module docstring: shape-mismatched keys, unexpected
+    backbone keys, missing tensors other than ``num_batches_tracked``), unless ``allow_partial``.
+    Nothing is loaded when it raises.
 
     >>> model = nn.Linear(2, 2)
     >>> load_weights(model, {"module.weight": torch.eye(2), "module.bias": torch.zeros(2)})["n_loaded"]
     2
+    >>> load_weights(model, {"weight": torch.eye(2)})
+    Traceback (most recent call last):
+    ...
+    collapse_probe.errors.CollapseProbeError: the checkpoint does not fit the model: 1 of the model's 2 tensors missing (bias): ...
     """
     expected = model.state_dict()
-    prefix = best_prefix(list(state_dict), set(expected))
+    ranked = rank_prefixes(list(state_dict), set(expected))
+    prefix, best_count = ranked[0]
+    ignored = tuple(p for p, count in ranked[1:] if count > 0 and 2 * count >= best_count)
     usable, unexpected, mismatched = {}, [], []
     for key, value in state_dict.items():
         name = key[len(prefix):] if key.startswith(prefix) else None
@@ -266,18 +408,36 @@ def load_weights(
             mismatched.append(f"{name} {tuple(value.shape)} vs {tuple(expected[name].shape)}")
         else:
             usable[name] = value
+    # Keys outside the chosen prefix belong to the training wrapper (heads, losses, queues); inside
+    # it, or when there is no prefix, anything that is not a known head is weights of another arch.
+    backbone = [k for k in unexpected if k.startswith(prefix) and not k.startswith(ignored)
+                and not is_head_key(k[len(prefix):] if prefix else k)]
     missing = [k for k in expected if k not in usable]
-    if len(missing) > len(expected) / 2 and not allow_partial:
+    notes = []
+    tied = [p for p, count in ranked[1:] if count == best_count and _prefix_preference(p) == _prefix_preference(prefix)]
+    if tied and best_count:
+        notes.append(f"warning: {prefix!r} and {tied[0]!r} both hold the model and neither name says which is the "
+                     "online encoder: the shorter, then alphabetically first, is used; save the state_dict of the "
+                     "one you mean to probe")
+    loaded = {
+        "stripped_prefix": prefix, "ignored_prefixes": ignored, "n_loaded": len(usable),
+        "n_expected": len(expected), "missing_keys": tuple(missing), "unexpected_keys": tuple(unexpected),
+        "unexpected_backbone_keys": tuple(backbone), "mismatched_keys": tuple(mismatched), "notes": tuple(notes),
+    }
+    problems = LoadReport("", "", **loaded).problems()
+    if problems and not allow_partial:
+        parameters = dict(model.named_parameters())
+        if not mismatched and not backbone and not any(k in parameters for k in missing):
+            advice = ("only buffers such as BatchNorm running statistics are missing: save model.state_dict(), "
+                      "not named_parameters().")
+        else:
+            advice = "a wrong --arch?"
         raise CollapseProbeError(
-            f"only {len(usable)} of the model's {len(expected)} tensors were found in the checkpoint "
-            f"(e.g. missing {missing[0]!r}; checkpoint keys look like {next(iter(state_dict))!r}): wrong "
-            "--arch? Pass --allow-partial to probe a partly random network anyway"
+            f"the checkpoint does not fit the model: {'; '.join(problems)}: {advice} Pass --allow-partial "
+            "(allow_partial=True) to probe a partly random network anyway"
         )
     model.load_state_dict(usable, strict=False)
-    return {
-        "stripped_prefix": prefix, "n_loaded": len(usable), "n_expected": len(expected),
-        "missing_keys": tuple(missing), "unexpected_keys": tuple(unexpected), "mismatched_keys": tuple(mismatched),
-    }
+    return loaded
 
 
 # ----------------------------------------------------------------------------- building models
@@ -307,7 +467,7 @@ def _arch_model(path: Path, kind: str, obj: Any, arch: str | None, allow_partial
     source, state_dict = find_state_dict(obj)
     notes = []
     if source.startswith("teacher") and isinstance(obj, Mapping) and "student" in obj:
-        notes.append("DINO-style checkpoint: using the teacher's weights")
+        notes.append("DINO-style checkpoint: using the teacher's weights (DINO evaluates the teacher); 'student' ignored")
     if arch is None and isinstance(obj, Mapping) and isinstance(obj.get("arch"), str):
         arch = obj["arch"]
         notes.append(f"architecture {arch!r} read from the checkpoint")
@@ -320,11 +480,16 @@ def _arch_model(path: Path, kind: str, obj: Any, arch: str | None, allow_partial
     head = find_classifier(model)
     rep_dim = model.get_submodule(head).in_features if head else None
     classifier = strip_classifier(model)
-    loaded = load_weights(model, state_dict, allow_partial=allow_partial)
-    if loaded["missing_keys"]:
-        notes.append("warning: some weights were missing and stay randomly initialised")
+    try:
+        loaded = load_weights(model, state_dict, allow_partial=allow_partial)
+    except CollapseProbeError as error:
+        raise CollapseProbeError(f"{path} with arch {arch}: {error}") from None
+    notes.extend(loaded.pop("notes"))
     layers = {classifier: "representation"} if classifier else {}
-    rebuilt = rebuild_projector({k: state_dict[k] for k in loaded["unexpected_keys"]})
+    # A projector from the same copy of the network: never one of an ignored (momentum) encoder.
+    candidates = {k: state_dict[k] for k in loaded["unexpected_keys"]
+                  if not k.startswith(loaded["ignored_prefixes"]) and not _words(k) & MOMENTUM_WORDS}
+    rebuilt = rebuild_projector(candidates)
     if rebuilt is not None and (rep_dim is None or rebuilt[0][0].in_features == rep_dim):
         projector, used = rebuilt
         model = EncoderWithProjector(model, projector)
@@ -344,6 +509,10 @@ def load_encoder_with_report(
     allow_partial: bool = False,
 ) -> LoadedEncoder:
     """Load any supported checkpoint (module docstring) as a :class:`LoadedEncoder` in eval mode.
+
+    A checkpoint that does not fit ``arch`` raises :class:`CollapseProbeError`; with
+    ``allow_partial=True`` it loads, ``report.partial`` is True and a :class:`PartialLoadWarning`
+    says what stays random.
 
     >>> import tempfile, os, torchvision
     >>> path = os.path.join(tempfile.mkdtemp(), "r18.pt")
@@ -368,6 +537,9 @@ def load_encoder_with_report(
     else:
         label = {"safetensors": "safetensors state_dict", "torch": "state_dict"}[kind]
         loaded = _arch_model(path, label, obj, arch, allow_partial)
+    if loaded.report.partial:
+        warnings.warn(f"{path}: partial load allowed, part of the model stays randomly initialised: "
+                      + "; ".join(loaded.report.problems()), PartialLoadWarning, stacklevel=2)
     loaded.model.eval()
     return loaded
 
@@ -381,7 +553,11 @@ def load_encoder(
 ) -> nn.Module:
     """Load any supported checkpoint as an ``nn.Module`` in eval mode (what the CLI probes).
 
-    Same rules as :func:`load_encoder_with_report`, which also returns what was found.
+    Same rules as :func:`load_encoder_with_report`, which also returns the :class:`LoadReport`.
+    Nothing is hidden by returning the module alone: a checkpoint that does not fit ``arch``
+    raises, and one that ``allow_partial=True`` lets through issues a :class:`PartialLoadWarning`
+    naming what stays random. Dropped heads (``fc``, ``projector``, a momentum encoder) and the
+    prefix chosen are in the report only: call :func:`load_encoder_with_report` to see them.
 
     >>> import tempfile, os, torchvision
     >>> path = os.path.join(tempfile.mkdtemp(), "r18.pth")

@@ -116,7 +116,7 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[
         source = {"checkpoint": str(path), "loaded_as": item.report.kind, "arch": item.report.arch,
                   "data": str(d.data), "n_images": loader.n_images, "n_unreadable_skipped": loader.n_skipped,
                   "image_size": d.image_size, "resize": d.resize or int(d.image_size * 256 / 224),
-                  "precision": config.precision or "fp32", "device": str(device)}
+                  "precision": config.precision or "fp32", "device": str(device), "load": item.report.to_dict()}
         results.append(ProbeResult(spectra, roles, source, item.report))
     return results
 
