@@ -174,7 +174,7 @@ def test_check_refuses_what_300_samples_of_a_512_d_model_cannot_show(tmp_path, i
 
 def test_reports_say_which_dims_the_samples_cannot_show(tmp_path, invoke):
     np.save(tmp_path / "few.npy", np.random.default_rng(0).standard_normal((9, 16)))
-    code, stdout, stderr = invoke(["embeddings", tmp_path / "few.npy"])
+    code, stdout, stderr = invoke(["embeddings", tmp_path / "few.npy", "--out", tmp_path / "out"])
     assert code == 0 and stdout.splitlines()[1].split()[5:7] == ["0/8", "8"]  # collapsed 0 of 8 shown, 8 unobserved
     assert ("few: 9 samples show at most 8 of its 16 dimensions; the other 8 are unobserved (not counted as "
             "collapsed): use at least 17 samples to see them all") in stderr
