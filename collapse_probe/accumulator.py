@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from collapse_probe import functional as cpf
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
 from collapse_probe.moments import Moments
+from collapse_probe.ranks import is_distributed
 from collapse_probe.solve import solve_spectra
 
 NO_BAD_BATCH = torch.iinfo(torch.int64).max
@@ -53,7 +54,8 @@ class StateField:
 
     * ``"moments"``: count, mean and M2 together, by the parallel (Chan) merge;
     * ``"sum"``: added (counts);
-    * ``"first"``: the (batch, rank) location of the first bad batch, the earliest one kept;
+    * ``"first"``: the (batch, rank) location of the first bad batch, the earliest one kept
+      (its two fields reduce together);
     * ``"least_precise"``: the least precise embedding dtype seen.
     """
 
@@ -73,9 +75,10 @@ STATE: tuple[StateField, ...] = (
     StateField("m2", "moments", True, _zeros(-1, -1)),
     # rows dropped (skip_nonfinite=True) or batches holding NaN/Inf (otherwise)
     StateField("nonfinite_count", "sum", True, lambda acc: torch.zeros((), dtype=torch.int64, device=acc.device)),
-    # (batch index on its rank, rank or -1 before a sync)
-    StateField("first_bad", "first", True,
-               lambda acc: torch.tensor([NO_BAD_BATCH, -1], dtype=torch.int64, device=acc.device)),
+    # where the first bad batch was: its index on its rank, and that rank (-1 before a sync)
+    StateField("first_bad_batch", "first", True,
+               lambda acc: torch.full((), NO_BAD_BATCH, dtype=torch.int64, device=acc.device)),
+    StateField("first_bad_rank", "first", True, lambda acc: torch.full((), -1, dtype=torch.int64, device=acc.device)),
     StateField("batches_seen", "sum", False, lambda acc: 0),
     StateField("input_dtype", "least_precise", False, lambda acc: None),
 )
@@ -224,8 +227,7 @@ class CovarianceAccumulator:
         self.input_dtype = _less_precise(self.input_dtype, z.dtype)
         if z.shape[0] == 0:
             return
-        # One spare row: the Chan correction sqrt(n_a n_b / n) * delta rides along in the same GEMM.
-        rows = torch.empty(z.shape[0] + 1, self.dim, dtype=self.dtype, device=self.device)
+        rows = self._scratch_rows(z.shape[0])
         values = rows[:-1]
         values.copy_(z.detach())
         if self.skip_nonfinite:
@@ -254,11 +256,22 @@ class CovarianceAccumulator:
             self.nonfinite_count += bad
             self._note_bad_batch(bad, batch_index)
 
+    def _scratch_rows(self, batch: int) -> torch.Tensor:
+        """A (batch + 1, d) working buffer, reused across batches (not state).
+
+        One spare row: the Chan correction ``sqrt(n_a n_b / n) * delta`` rides along in the same
+        GEMM. Reusing the buffer saves a fresh multi-MB allocation per batch, whose page faults
+        cost 10-20% of the update at d = 2048 on a CPU (measured, docs/benchmarks.md).
+        """
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.shape[0] < batch + 1:
+            scratch = torch.empty(batch + 1, self.dim, dtype=self.dtype, device=self.device)
+            self._scratch = scratch
+        return scratch[: batch + 1]
+
     def _note_bad_batch(self, bad: torch.Tensor, batch_index: int) -> None:
         """Keep the index of the first batch with non-finite values, on the device."""
-        earlier = self.first_bad.clone()
-        earlier[0] = earlier[0].clamp(max=batch_index)
-        self.first_bad = torch.where(bad, earlier, self.first_bad)
+        self.first_bad_batch = torch.where(bad, self.first_bad_batch.clamp(max=batch_index), self.first_bad_batch)
 
     def _merge_batch(self, rows: torch.Tensor, n_batch: torch.Tensor | float, weights: torch.Tensor | None) -> torch.Tensor:
         """Chan update with this batch; ``rows[:-1]`` holds it, ``rows[-1]`` is scratch. Returns its mean."""
@@ -292,9 +305,11 @@ class CovarianceAccumulator:
                 merged |= {name: mine[name] + theirs[name] for name in names}
             elif kind == "first":
                 # their batch indices come after all of ours
-                shifted = theirs["first_bad"].clone()
-                shifted[0] = torch.where(shifted[0] == NO_BAD_BATCH, shifted[0], shifted[0] + mine["batches_seen"])
-                merged["first_bad"] = torch.where(shifted[0] < mine["first_bad"][0], shifted, mine["first_bad"])
+                their_batch = theirs["first_bad_batch"]
+                shifted = torch.where(their_batch == NO_BAD_BATCH, their_batch, their_batch + mine["batches_seen"])
+                theirs_first = shifted < mine["first_bad_batch"]
+                merged["first_bad_batch"] = torch.where(theirs_first, shifted, mine["first_bad_batch"])
+                merged["first_bad_rank"] = torch.where(theirs_first, theirs["first_bad_rank"], mine["first_bad_rank"])
             elif kind == "least_precise":
                 merged |= {name: _less_precise(mine[name], theirs[name]) for name in names}
             else:  # pragma: no cover - a new reduce kind must be handled here
@@ -338,7 +353,7 @@ class CovarianceAccumulator:
         """
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or self.synced:
+        if not is_distributed() or self.synced:
             return
         world = dist.get_world_size(group)
         rank = dist.get_rank(group)
@@ -362,13 +377,12 @@ class CovarianceAccumulator:
         for name, total in zip(sum_names, sums, strict=True):
             merged[name] = total if self._field(name).on_device else int(total)
 
-        batch = mine["first_bad"][0]
+        batch = mine["first_bad_batch"]
         encoded = torch.where(batch == NO_BAD_BATCH, batch, batch * world + rank)
         dist.all_reduce(encoded, op=dist.ReduceOp.MIN, group=group)
         found = encoded != NO_BAD_BATCH
-        merged["first_bad"] = torch.stack([
-            torch.where(found, encoded // world, encoded), torch.where(found, encoded % world, -1)
-        ])
+        merged["first_bad_batch"] = torch.where(found, encoded // world, encoded)
+        merged["first_bad_rank"] = torch.where(found, encoded % world, -1)
 
         dtype = mine["input_dtype"]
         index = torch.tensor(-1 if dtype is None else PRECISION_ORDER.index(dtype), device=self.device)
@@ -388,8 +402,8 @@ class CovarianceAccumulator:
         stream. The returned ``m2`` is this accumulator's own tensor (no copy): solve it before
         updating again.
         """
-        count, nonfinite, first_batch, first_rank = (int(v) for v in torch.cat(
-            [self.count.to(torch.int64).reshape(1), self.nonfinite_count.reshape(1), self.first_bad]
+        count, nonfinite, first_batch, first_rank = (int(v) for v in torch.stack(
+            [self.count.to(torch.int64), self.nonfinite_count, self.first_bad_batch, self.first_bad_rank]
         ).cpu())
         where = f"layer {self.layer!r}" if self.layer else "the model output"
         if nonfinite and not self.skip_nonfinite:
