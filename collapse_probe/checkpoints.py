@@ -21,7 +21,8 @@ tie -- a MoCo file holds ``encoder_q.`` and ``encoder_k.``, BYOL ``online_networ
 ``target_network.``, solo-learn ``backbone.`` and ``momentum_backbone.`` -- the online encoder is
 chosen **by name, never by key order**: a prefix with a word such as ``momentum``, ``target``,
 ``teacher``, ``ema``, ``key``/``k`` loses to one with ``q``, ``query``, ``online``, ``student``,
-``backbone``, which wins over a neutral name; the rest goes alphabetically, with a warning note.
+``backbone``, which wins over a neutral name; between equal names the shorter, then the
+alphabetically first, with a warning note.
 (The ``teacher``/``student`` *wrapper keys* above are DINO's file format, whose evaluation uses
 the teacher, so there the teacher is kept; as key prefixes inside one state_dict, ``student.`` is
 the online network and wins.) The report names the prefix used and the candidates ignored.
@@ -32,8 +33,9 @@ A checkpoint that does not fit the architecture is refused (:class:`CollapseProb
 * shape-mismatched keys (a resnet50 file with ``arch="resnet18"``);
 * unexpected keys that look like backbone weights, i.e. not under a known head or second-encoder
   name (:data:`HEAD_COMPONENTS`, :data:`HEAD_WORDS`: classifier, fc, head, projector, predictor,
-  prototypes, queue, momentum/target/teacher/key encoder) nor under an ignored candidate prefix
-  (a resnet34 file loads 120/120 tensors of a resnet18 and leaves 98 such keys);
+  prototypes, queue, momentum/target/teacher/key encoder) nor under an ignored candidate prefix;
+  when a prefix was stripped, only keys under it count (the rest is the training wrapper's). A
+  resnet34 file loads 120/120 tensors of a resnet18 and leaves 96 such keys;
 * any of the model's parameters or buffers missing (a model saved as ``named_parameters()`` lacks
   the BatchNorm running statistics). Only ``num_batches_tracked`` may be missing: eval mode never
   reads it.
@@ -368,11 +370,11 @@ def is_head_key(key: str) -> bool:
 
     >>> is_head_key("module.projector.0.weight"), is_head_key("momentum_backbone.conv1.weight")
     (True, True)
-    >>> is_head_key("layer1.2.conv1.weight")
-    False
+    >>> is_head_key("layer1.2.conv1.weight"), is_head_key("fc_norm.weight")  # whole components only
+    (False, False)
     """
-    words = _words(key)
-    return bool(words & HEAD_COMPONENTS or words & HEAD_WORDS)
+    components = {c.lower() for c in key.split(".")}
+    return bool(components & HEAD_COMPONENTS or _words(key) & HEAD_WORDS)
 
 
 def load_weights(
