@@ -12,7 +12,6 @@ one working copy (the Gram matrix, built in place) and the solver's copy of its 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +64,7 @@ class Moments:
 
 
 def check_moments(moments: Moments) -> None:
-    """Refuse moments that cannot give a trustworthy spectrum; warn when N limits the rank.
+    """Refuse moments that cannot give a trustworthy spectrum.
 
     * fewer than two rows: no covariance;
     * non-finite statistics from finite input: the second moment overflowed float64
@@ -81,12 +80,7 @@ def check_moments(moments: Moments) -> None:
             f"the second moment of {moments.where} overflows {moments.dtype} although every embedding is finite "
             "(values beyond about 1e154 in magnitude); rescale the embeddings: the spectrum's shape does not change"
         )
-    if moments.count - moments.ddof < moments.dim:
-        warnings.warn(
-            f"{moments.where}: n_samples={moments.count} <= dim={moments.dim}; the covariance rank is limited by the "
-            f"sample count (at most {moments.count - moments.ddof} non-zero eigenvalues)",
-            stacklevel=3,
-        )
+
 
 
 def gram_lower(moments: Moments) -> torch.Tensor:

@@ -190,11 +190,11 @@ def test_nonfinite_rows_name_layer_and_first_batch_or_are_skipped():
     np.testing.assert_allclose(result.eigenvalues.numpy(), expected, rtol=0, atol=1e-10 * expected[0])
 
 
-def test_few_samples_warn_and_flag_rank_limit():
-    with pytest.warns(UserWarning, match="limited by the sample count"):
-        result = stream(torch.randn(5, 8, dtype=torch.float64), 5)
-    assert result.rank_limited_by_samples and result.max_rank == 4
+def test_few_samples_are_flagged_in_the_result_not_by_a_warning(recwarn):
+    result = stream(torch.randn(5, 8, dtype=torch.float64), 5)
+    assert result.sample_limited and result.max_rank == 4 and result.unobserved_dims == 4
     assert result.numerical_rank() == 4
+    assert not [w for w in recwarn if "sample" in str(w.message)]
 
 
 def test_update_never_modifies_the_callers_tensor():
