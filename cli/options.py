@@ -56,6 +56,10 @@ max_samples = click.option("--max-samples", type=click.IntRange(min=2), default=
                            help="Probe a seeded random subset of this many images.")
 normalize = click.option("--normalize/--no-normalize", default=False, show_default=True,
                          help="L2-normalise each embedding before the covariance (the paper's public script does).")
+repeated_calls = click.option(
+    "--repeated-calls", type=click.Choice(["error", "first", "last"]), default="error", show_default=True,
+    help="A probed layer that runs more than once per forward (siamese views, weight tying) would count "
+         "several rows per image: refuse it (error), or probe only its first or last call.")
 strict = click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
 out = click.option("--out", type=click.Path(file_okay=False), default="collapse_probe_out", show_default=True,
                    metavar="DIR", help="Folder for the JSON, CSV and PNG outputs.")
@@ -64,7 +68,7 @@ quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar and no
 
 #: Everything needed to turn checkpoints and images into spectra.
 probe_options = _stack(data, arch, layer, batch_size, workers, device, precision, image_size, resize,
-                       max_samples, normalize, strict, trust_checkpoint, allow_partial)
+                       max_samples, normalize, repeated_calls, strict, trust_checkpoint, allow_partial)
 
 
 def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
@@ -80,12 +84,12 @@ def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeCon
         data=data_config, arch=values["arch"], layers=tuple(values["layers"]), device=values["device"],
         precision=None if values["precision"] == "fp32" else values["precision"],
         normalize=values["normalize"], trust_checkpoint=values["trust_checkpoint"],
-        allow_partial=values["allow_partial"], progress=not quiet_run,
+        allow_partial=values["allow_partial"], repeated_calls=values["repeated_calls"], progress=not quiet_run,
     )
 
 
 PROBE_KEYS = ("data", "arch", "layers", "batch_size", "workers", "device", "precision", "image_size", "resize",
-              "max_samples", "normalize", "strict", "trust_checkpoint", "allow_partial")
+              "max_samples", "normalize", "repeated_calls", "strict", "trust_checkpoint", "allow_partial")
 
 
 def split_probe_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

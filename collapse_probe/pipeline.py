@@ -52,6 +52,7 @@ class ProbeConfig:
     normalize: bool = False
     trust_checkpoint: bool = False
     allow_partial: bool = False
+    repeated_calls: str = "error"  # or "first" / "last": see spectrum(repeated_calls=...)
     progress: bool = True
 
 
@@ -105,7 +106,8 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[
     loader = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
                          workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
     solved = spectrum(target, loader, layers=hooks, device=device, normalize=config.normalize,
-                      max_samples=d.max_samples, precision=config.precision, progress=config.progress)
+                      max_samples=d.max_samples, precision=config.precision, progress=config.progress,
+                      repeated_calls=config.repeated_calls)
     if not isinstance(solved, dict):
         solved = {OUTPUT_NAME: solved}
     results = []
