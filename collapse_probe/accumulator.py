@@ -6,6 +6,10 @@ so the result does not depend on batch size, order or on how rows are split acro
 No method reads a device value back to the host until :meth:`~CovarianceAccumulator.finalize`
 (no per-batch sync).
 
+Every method runs under ``torch.inference_mode``: the statistics never need autograd, and
+tensors created inside a probe's inference-mode loop stay updatable by a later ``sync`` or
+``compute`` outside it.
+
 The state is declared once, in :data:`STATE`, each field with the rule by which two partial
 states combine (the torchmetrics ``add_state(..., dist_reduce_fx=...)`` pattern). ``reset``,
 ``state_dict`` / ``load_state_dict``, ``merge`` and ``sync`` are all derived from that one
@@ -85,6 +89,12 @@ STATE: tuple[StateField, ...] = (
 CONVENTIONS = ("dim", "center", "ddof", "normalize")
 
 
+def stage_capacity(dim: int) -> int:
+    """Rows staged before one merge on a CPU: about 2 MiB of float64 rows, 256 to 4096 of them
+    (4096 at d = 512, 1024 at d = 2048: half of one d x d matrix)."""
+    return int(min(4096, max(256, 2**21 // dim)))
+
+
 class _SymmetricRankUpdate:
     """``M2 += X^T X`` keeping the lower triangle of ``M2`` exact.
 
@@ -161,29 +171,39 @@ class CovarianceAccumulator:
         self.layer = layer
         self.skip_nonfinite = skip_nonfinite
         self._rank_update = _SymmetricRankUpdate(self.dim, self.device)
+        # CPU only: per-batch op overhead matters there; a GPU merges each batch as it comes
+        self._stage_capacity = stage_capacity(self.dim) if self.device.type == "cpu" else 0
         self.reset()
 
     # ----------------------------------------------------------------- state
+    @torch.inference_mode()
     def reset(self) -> None:
         """Forget every sample, every flag and the synced status."""
         for state in STATE:
             setattr(self, state.name, state.initial(self))
         self.synced = False
+        self._staged = 0  # rows waiting in the buffer, not yet in the moments
+        self._rows_buffer: torch.Tensor | None = None
 
+    @torch.inference_mode()
     def _values(self) -> dict[str, Any]:
+        self._flush()
         return {state.name: getattr(self, state.name) for state in STATE}
 
     def _assign(self, values: dict[str, Any], *, synced: bool) -> None:
         for state in STATE:
             setattr(self, state.name, values[state.name])
         self.synced = synced
+        self._staged = 0
 
+    @torch.inference_mode()
     def state_dict(self) -> dict[str, Any]:
         """Every :data:`STATE` field (tensors on CPU), the conventions and ``synced``: torch.save-able."""
         state = {"format": STATE_FORMAT, "synced": self.synced, "layer": self.layer}
         state |= {key: getattr(self, key) for key in CONVENTIONS}
+        values = self._values()
         for field in STATE:
-            value = getattr(self, field.name)
+            value = values[field.name]
             if field.on_device:
                 value = value.cpu()
             elif field.reduce == "least_precise":
@@ -191,6 +211,7 @@ class CovarianceAccumulator:
             state[field.name] = value
         return state
 
+    @torch.inference_mode()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; the dimension and conventions must match."""
         if state.get("format") != STATE_FORMAT:
@@ -210,6 +231,7 @@ class CovarianceAccumulator:
         self._assign(values, synced=bool(state["synced"]))
 
     # ---------------------------------------------------------------- update
+    @torch.inference_mode()
     def update(self, z: torch.Tensor) -> None:
         """Add a (B, dim) batch. Converts to the accumulation dtype on this device; never syncs."""
         if not isinstance(z, torch.Tensor):
@@ -225,9 +247,39 @@ class CovarianceAccumulator:
         batch_index = self.batches_seen
         self.batches_seen += 1
         self.input_dtype = _less_precise(self.input_dtype, z.dtype)
-        if z.shape[0] == 0:
+        rows = z.shape[0]
+        if rows == 0:
             return
-        rows = self._scratch_rows(z.shape[0])
+        if self.skip_nonfinite or rows > self._stage_capacity:
+            self._flush()
+            self._update_now(z, batch_index)
+            return
+        if self._staged + rows > self._stage_capacity:
+            self._flush()
+        block = self._buffer(self._stage_capacity)[self._staged : self._staged + rows]
+        block.copy_(z.detach())
+        bad = self._nonfinite_flag(block, z.dtype)
+        self.nonfinite_count += bad
+        self._note_bad_batch(bad, batch_index)
+        if self.normalize:
+            block.copy_(F.normalize(block, dim=1))
+        self._staged += rows
+
+    def _nonfinite_flag(self, values: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
+        """On-device flag: does this batch hold a NaN/Inf?
+
+        A NaN/Inf anywhere makes the sum non-finite: one reduction instead of a B x d boolean
+        pass -- but only when finite inputs cannot overflow that sum (float32 and narrower into
+        float64). Otherwise (float64 input) each value is checked, so a finite input near the
+        dtype's maximum is never reported as NaN/Inf.
+        """
+        if torch.finfo(input_dtype).max * values.numel() < torch.finfo(self.dtype).max:
+            return ~torch.isfinite(values.sum())
+        return ~torch.isfinite(values).all()
+
+    def _update_now(self, z: torch.Tensor, batch_index: int) -> None:
+        """Merge one batch straight away (no staging): large batches, and ``skip_nonfinite``."""
+        rows = self._buffer(z.shape[0])[: z.shape[0] + 1]
         values = rows[:-1]
         values.copy_(z.detach())
         if self.skip_nonfinite:
@@ -239,35 +291,37 @@ class CovarianceAccumulator:
             values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).mul_(weights)
             n_batch: torch.Tensor | float = weights.sum()
         else:
-            weights = None
-            n_batch = float(values.shape[0])  # known on the host: no host-to-device copy
-        # Any NaN/Inf makes the batch sum non-finite, a d-element check instead of a pass over
-        # B x d -- but only when finite inputs cannot overflow that sum (float32 and narrower into
-        # float64). Otherwise (float64 input) finiteness is checked value by value.
-        sum_cannot_overflow = torch.finfo(z.dtype).max * z.shape[0] < torch.finfo(self.dtype).max
-        bad_input = None
-        if not self.skip_nonfinite and not sum_cannot_overflow:
-            bad_input = ~torch.isfinite(values).all()
-        if self.normalize:
-            values.copy_(F.normalize(values, dim=1))
-        batch_mean = self._merge_batch(rows, n_batch, weights)
-        if not self.skip_nonfinite:
-            bad = ~torch.isfinite(batch_mean).all() if bad_input is None else bad_input
+            bad = self._nonfinite_flag(values, z.dtype)
             self.nonfinite_count += bad
             self._note_bad_batch(bad, batch_index)
+            weights = None
+            n_batch = float(values.shape[0])  # known on the host: no host-to-device copy
+        if self.normalize:
+            values.copy_(F.normalize(values, dim=1))
+        self._merge_batch(rows, n_batch, weights)
 
-    def _scratch_rows(self, batch: int) -> torch.Tensor:
-        """A (batch + 1, d) working buffer, reused across batches (not state).
+    def _flush(self) -> None:
+        """Merge the staged rows into the moments (every reader of the state calls this first)."""
+        if self._staged:
+            self._merge_batch(self._buffer(self._staged)[: self._staged + 1], float(self._staged), None)
+            self._staged = 0
 
-        One spare row: the Chan correction ``sqrt(n_a n_b / n) * delta`` rides along in the same
-        GEMM. Reusing the buffer saves a fresh multi-MB allocation per batch, whose page faults
-        cost 10-20% of the update at d = 2048 on a CPU (measured, docs/benchmarks.md).
+    def _buffer(self, rows: int) -> torch.Tensor:
+        """A working buffer of at least ``rows + 1`` rows, reused across batches (not state).
+
+        On a CPU small batches are *staged* in it and merged ``stage_capacity`` rows at a time:
+        one Chan update and one larger GEMM instead of one per batch (docs/benchmarks.md). The
+        spare row after the data carries the Chan correction ``sqrt(n_a n_b / n) * delta``
+        through the same GEMM. Reusing the buffer also saves a fresh multi-MB allocation (and
+        its page faults) per batch.
         """
-        scratch = getattr(self, "_scratch", None)
-        if scratch is None or scratch.shape[0] < batch + 1:
-            scratch = torch.empty(batch + 1, self.dim, dtype=self.dtype, device=self.device)
-            self._scratch = scratch
-        return scratch[: batch + 1]
+        buffer = self._rows_buffer
+        if buffer is None or buffer.shape[0] < rows + 1:
+            grown = torch.empty(rows + 1, self.dim, dtype=self.dtype, device=self.device)
+            if buffer is not None and self._staged:
+                grown[: self._staged].copy_(buffer[: self._staged])
+            self._rows_buffer = buffer = grown
+        return buffer
 
     def _note_bad_batch(self, bad: torch.Tensor, batch_index: int) -> None:
         """Keep the index of the first batch with non-finite values, on the device."""
@@ -316,6 +370,7 @@ class CovarianceAccumulator:
                 raise AssertionError(kind)
         return merged
 
+    @torch.inference_mode()
     def merge(self, other: CovarianceAccumulator) -> None:
         """Fold ``other``'s samples into this accumulator (parallel update; ``other`` unchanged).
 
@@ -334,13 +389,15 @@ class CovarianceAccumulator:
                 "merge local accumulators first, then sync() once"
             )
         theirs = {}
+        other_values = other._values()
         for state in STATE:
-            value = getattr(other, state.name)
+            value = other_values[state.name]
             if state.on_device:
                 value = value.to(device=self.device, dtype=getattr(self, state.name).dtype)
             theirs[state.name] = value
         self._assign(self._combine(theirs), synced=False)
 
+    @torch.inference_mode()
     def sync(self, group: Any = None) -> None:
         """All-reduce the statistics over ``torch.distributed`` so every rank holds the global ones.
 
@@ -395,6 +452,7 @@ class CovarianceAccumulator:
         return next(state for state in STATE if state.name == name)
 
     # --------------------------------------------------------------- compute
+    @torch.inference_mode()
     def finalize(self) -> Moments:
         """Read the on-device flags once and hand the statistics over as :class:`Moments`.
 
@@ -402,6 +460,8 @@ class CovarianceAccumulator:
         stream. The returned ``m2`` is this accumulator's own tensor (no copy): solve it before
         updating again.
         """
+        self._flush()
+        self._rows_buffer = None  # freed: the solve then holds at most three d x d matrices
         count, nonfinite, first_batch, first_rank = (int(v) for v in torch.stack(
             [self.count.to(torch.int64), self.nonfinite_count, self.first_bad_batch, self.first_bad_rank]
         ).cpu())

@@ -318,7 +318,8 @@ class Spectrum:
         if eigenvalues is None or uncentered_singular_values is None:
             check_moments(moments)
             eigenvalues, uncentered_singular_values = solve_moments(moments)
-        as_cpu = dict(device="cpu", dtype=torch.float64)
+        # copies: the moments may be an accumulator's live state, updated after this returns
+        as_cpu = dict(device="cpu", dtype=torch.float64, copy=True)
         return cls(
             eigenvalues=eigenvalues.to(**as_cpu),
             uncentered_singular_values=uncentered_singular_values.to(**as_cpu),

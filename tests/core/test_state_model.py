@@ -205,3 +205,33 @@ def test_core_modules_import_in_one_direction():
     for position, name in enumerate(order):
         above = set(order[position + 1 :])
         assert not _imports(package / f"{name}.py") & above, name
+
+
+def test_compute_midway_then_more_updates_stays_exact_and_results_do_not_alias_the_state():
+    """Rows staged for a larger CPU merge are flushed by every reader of the state; a Spectrum is
+    a snapshot, not a view of the accumulator."""
+    rng = np.random.default_rng(2)
+    z = torch.as_tensor(rng.standard_normal((900, 40)) * np.logspace(0, -2, 40) + 1.0)
+    accumulator = CovarianceAccumulator(40)
+    for start in range(0, 500, 30):
+        accumulator.update(z[start : min(start + 30, 500)])
+    first = accumulator.compute()
+    first_mean = first.mean.clone()
+    state = accumulator.state_dict()
+    for start in range(500, 900, 30):
+        accumulator.update(z[start : start + 30])
+    second = accumulator.compute()
+    assert torch.equal(first.mean, first_mean)
+    for result, rows in ((first, z[:500]), (second, z)):
+        expected = _reference(rows.numpy())
+        assert result.n_samples == len(rows)
+        np.testing.assert_allclose(result.eigenvalues.numpy(), expected, rtol=0, atol=1e-12 * expected[0])
+    assert float(state["count"]) == 500.0
+
+
+def test_statistics_made_inside_inference_mode_can_be_finished_outside_it():
+    accumulator = CovarianceAccumulator(3)
+    with torch.inference_mode():
+        accumulator.update(torch.randn(10, 3))
+    accumulator.update(torch.randn(10, 3))
+    assert accumulator.compute().n_samples == 20
