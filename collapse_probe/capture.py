@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,18 +28,55 @@ def resolve_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modu
     return resolved
 
 
-def pool_output(output: Any, pool: str, where: str) -> torch.Tensor:
+def from_transformers(module: nn.Module) -> bool:
+    """Whether ``module`` is a Hugging Face transformers class (by its module path; no import)."""
+    return type(module).__module__.startswith("transformers.")
+
+
+def pick_tensor(output: Any, where: str, *, first_of_tuple: bool = False) -> Any:
+    """The one tensor to probe in a module output.
+
+    A dict or a transformers ``ModelOutput`` (an ``OrderedDict`` whose unset fields are absent)
+    gives its ``last_hidden_state`` when it has one, else its first tensor field. A tuple gives
+    element 0 only when ``first_of_tuple`` (Hugging Face layers return ``(hidden_states,
+    attentions, ...)``; ``return_dict=False`` models return ``(last_hidden_state, ...)``): any
+    other tuple is an error, since its first element may be logits or one of two views.
+
+    >>> pick_tensor({"pooler_output": torch.ones(2, 3), "last_hidden_state": torch.zeros(2, 4, 3)}, "x").shape
+    torch.Size([2, 4, 3])
+    """
+    if isinstance(output, Mapping):
+        if isinstance(output.get("last_hidden_state"), torch.Tensor):
+            return output["last_hidden_state"]
+        for value in output.values():
+            if isinstance(value, torch.Tensor):
+                return value
+        raise CollapseProbeError(f"{where} returns a mapping with no tensor field ({', '.join(map(str, output))}); "
+                                 "pass output_fn")
+    if first_of_tuple and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
+def pool_output(output: Any, pool: str, where: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce one module output to (B, D).
 
     (B, D) passes through; (B, C, H, W) is averaged (``avg``) or maxed (``max``) over H, W, or
     flattened (``flatten``); (B, T, D) tokens are averaged over T (``avg``/``max``) or token 0 is
-    taken (``cls``). Tuples and dicts are an error that says how to pick one tensor.
+    taken (``cls``). With an attention ``mask`` (B, T) (1 = real token, 0 = padding), ``avg`` is
+    sentence-transformers' mean pooling, ``sum_t(h_t m_t) / max(sum_t m_t, 1e-9)`` (summed in
+    float32 for half-precision outputs), and ``max`` ignores padding (filled with -inf first).
+    Tuples and dicts are an error that says how to pick one tensor (see :func:`pick_tensor`).
+
+    >>> h = torch.tensor([[[1.0], [3.0], [100.0]]])     # one sequence, 2 real tokens + 1 pad
+    >>> pool_output(h, "avg", "x", mask=torch.tensor([[1, 1, 0]]))
+    tensor([[2.]])
     """
-    if isinstance(output, (tuple, list, dict)):
-        kind = "dict" if isinstance(output, dict) else type(output).__name__
+    if isinstance(output, (tuple, list, Mapping)):
+        kind = "dict" if isinstance(output, Mapping) else type(output).__name__
         raise CollapseProbeError(
-            f"{where} returns a {kind}, not a tensor: probe one of its submodules with layers=[...], "
-            "or wrap the model so that forward returns the tensor to probe"
+            f"{where} returns a {kind}, not a tensor: pass output_fn=lambda out: out[...] to pick the tensor, "
+            "probe one of its submodules with layers=[...], or wrap the model so that forward returns it"
         )
     if not isinstance(output, torch.Tensor):
         raise CollapseProbeError(f"{where} returned {type(output).__name__}, not a tensor")
@@ -58,8 +95,24 @@ def pool_output(output: Any, pool: str, where: str) -> torch.Tensor:
     if output.ndim == 3:
         if pool == "cls":
             return output[:, 0]
+        if mask is not None:
+            return _masked_pool(output, mask, pool, where)
         return output.mean(dim=1) if pool == "avg" else output.amax(dim=1)
     raise CollapseProbeError(f"{where} output has shape {tuple(output.shape)}; use pool='flatten' for it")
+
+
+def _masked_pool(tokens: torch.Tensor, mask: torch.Tensor, pool: str, where: str) -> torch.Tensor:
+    """Masked mean or max over T, written as sentence-transformers' ``Pooling`` writes it."""
+    if tuple(mask.shape) != tuple(tokens.shape[:2]):
+        raise CollapseProbeError(
+            f"{where} gives tokens {tuple(tokens.shape)} but the batch's attention_mask is {tuple(mask.shape)}: "
+            "use pool='cls', or return a pooled (B, D) tensor from output_fn (it is used as is)"
+        )
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    if pool == "max":
+        return tokens.masked_fill(weights == 0, float("-inf")).amax(dim=1)
+    summed = torch.float32 if tokens.dtype in (torch.float16, torch.bfloat16) else tokens.dtype
+    return (tokens * weights).sum(dim=1, dtype=summed) / weights.sum(dim=1, dtype=summed).clamp(min=1e-9)
 
 
 class CallCounts(dict):

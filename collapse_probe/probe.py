@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from collapse_probe.accumulator import CovarianceAccumulator
-from collapse_probe.capture import capture_outputs, eval_mode, pool_output, resolve_modules
+from collapse_probe.batches import ForwardKeywords, batch_mask, call_arguments, to_device
+from collapse_probe.capture import (
+    capture_outputs,
+    eval_mode,
+    from_transformers,
+    pick_tensor,
+    pool_output,
+    resolve_modules,
+)
 from collapse_probe.devices import resolve_device
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.ranks import is_distributed as _is_distributed
@@ -20,35 +28,10 @@ from collapse_probe.ranks import is_main_process as _is_main_process
 from collapse_probe.result import Spectrum
 from collapse_probe.solve import solve_spectra
 
-INPUT_KEYS = ("input", "inputs", "image", "images", "img", "pixel_values", "x")
 PRECISIONS = {None: None, "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
               "fp16": torch.float16, "float16": torch.float16}
 OUTPUT = "<output>"
 REPEATED_CALLS = ("error", "first", "last", "each")
-
-
-def default_input(batch: Any) -> Any:
-    """The model input of a batch: a tensor itself, element 0 of a tuple/list, or a known dict key."""
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch[0]
-    if isinstance(batch, Mapping):
-        for key in INPUT_KEYS:
-            if key in batch:
-                return batch[key]
-        raise CollapseProbeError(
-            f"cannot find the input in a dict batch with keys {sorted(batch)}; pass input_fn=lambda b: b[KEY]"
-        )
-    raise CollapseProbeError(f"cannot take the input from a batch of type {type(batch).__name__}; pass input_fn")
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
 
 
 def _check_input(x: Any, model: nn.Module) -> None:
@@ -95,6 +78,7 @@ def spectrum(
     center: bool = True,
     max_samples: int | None = None,
     input_fn: Callable[[Any], Any] | None = None,
+    output_fn: Callable[[Any], Any] | None = None,
     pool: str = "avg",
     precision: str | None = None,
     progress: bool = True,
@@ -120,9 +104,20 @@ def spectrum(
         normalize: L2-normalise each vector first (the paper's public script does).
         center: subtract the mean (the paper's covariance); False for the raw second moment.
         max_samples: stop after this many rows (per process under torch.distributed).
-        input_fn: ``batch -> model input``, overriding :func:`default_input`.
+        input_fn: ``batch -> model input`` (called as ``model(input_fn(batch))``), overriding the
+            default: a dict batch whose keys name parameters of ``model.forward`` (a tokenizer
+            batch) is passed as ``model(**batch)`` (only those keys; every key to a ``**kwargs``
+            forward); otherwise a tensor, element 0 of a tuple, or a dict's ``input``/``image``/
+            ``pixel_values``/... entry is the single positional input.
+        output_fn: ``output -> tensor to probe``, applied to the model output (``layers=None``)
+            or to each hooked layer's output. By default a dict or ``ModelOutput`` gives its
+            ``last_hidden_state`` (else its first tensor field), and a tuple from a Hugging Face
+            module gives element 0 (its hidden states); other tuples are an error.
         pool: (B, C, H, W) -> (B, C) by ``"avg"`` (default), ``"max"`` or ``"flatten"``;
-            (B, T, D) tokens by ``"avg"``/``"max"`` over T or ``"cls"`` (token 0).
+            (B, T, D) tokens by ``"avg"``/``"max"`` over T or ``"cls"`` (token 0). When the batch is
+            a dict with an ``attention_mask`` (B, T), ``"avg"`` is the masked mean over real tokens
+            (sentence-transformers' mean pooling) and ``"max"`` skips padding; the result's
+            ``extra["attention_mask"]`` is then True.
         precision: ``None``/``"fp32"``, or ``"bf16"``/``"fp16"`` to run the forward under autocast.
         progress: a tqdm bar on stderr (rank 0 only).
         skip_nonfinite: drop rows with NaN/Inf (counted) instead of raising.
@@ -159,7 +154,11 @@ def spectrum(
     device = resolve_device(device, model=model)
     model.to(device)
     autocast_dtype = PRECISIONS[precision]
-    extract = input_fn or default_input
+    keywords = ForwardKeywords.of(model)
+    first_of_tuple = {name: from_transformers(module) for name, module in modules.items()}
+    first_of_tuple[OUTPUT] = from_transformers(model)
+    mask: torch.Tensor | None = None  # this batch's attention_mask, read by capture() during its forward
+    masked: set[str] = set()  # layers whose tokens were pooled over an attention mask
     accumulators: dict[str, CovarianceAccumulator] = {}
     calls_seen: dict[str, int] = {}  # the most calls per forward of each layer
     remaining = max_samples if max_samples is not None else float("inf")
@@ -167,7 +166,11 @@ def spectrum(
 
     def capture(name: str, output: Any) -> None:
         where = f"layer {name!r}" if name != OUTPUT else "the model output"
-        captured.setdefault(name, []).append(pool_output(output, pool, where))
+        tensor = pick_tensor(output if output_fn is None else output_fn(output), where,
+                             first_of_tuple=first_of_tuple[name])
+        if mask is not None and isinstance(tensor, torch.Tensor) and tensor.ndim == 3 and pool in ("avg", "max"):
+            masked.add(name)
+        captured.setdefault(name, []).append(pool_output(tensor, pool, where, mask=mask))
 
     def accumulate(key: str, layer: str, z: torch.Tensor) -> None:
         if key not in accumulators:
@@ -207,13 +210,14 @@ def spectrum(
         for batch in _progress(loader, progress and _is_main_process()):
             if remaining <= 0:
                 break
-            x = _to_device(extract(batch), device)
-            if batches == 0:
-                _check_input(x, model)
+            args, kwargs = to_device(call_arguments(batch, keywords, input_fn), device)
+            mask = to_device(batch_mask(batch), device)
+            if batches == 0 and args:
+                _check_input(args[0], model)
             counts.start_forward()
             captured.clear()
             with autocast():
-                output = model(x)
+                output = model(*args, **kwargs)
             if not names:
                 capture(OUTPUT, output)
             remaining -= fold_batch()
@@ -235,6 +239,7 @@ def spectrum(
         accumulators[key].sync()
     solved = solve_spectra([accumulators[key] for key in keys])
     solved = [_note_calls(s, key, calls_seen, repeated_calls) for s, key in zip(solved, keys, strict=True)]
+    solved = [_note_mask(s, key, masked) for s, key in zip(solved, keys, strict=True)]
     if repeated_calls == "each" and names:
         return dict(zip(keys, solved, strict=True))
     if isinstance(layers, str) or layers is None:
@@ -250,6 +255,13 @@ def _note_calls(result: Spectrum, key: str, calls_seen: Mapping[str, int], repea
         return result
     note = {"calls_per_forward": calls, "call_used": int(call) if call else repeated_calls}
     return dataclasses.replace(result, extra={**result.extra, **note})
+
+
+def _note_mask(result: Spectrum, key: str, masked: set[str]) -> Spectrum:
+    """Record that this layer's token outputs were pooled over the batches' attention masks."""
+    if key.rpartition("#")[0] not in masked and key not in masked:
+        return result
+    return dataclasses.replace(result, extra={**result.extra, "attention_mask": True})
 
 
 def _agree_on_calls(calls_seen: dict[str, int], names: Sequence[str], device: torch.device) -> dict[str, int]:
