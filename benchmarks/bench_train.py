@@ -104,9 +104,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", type=str, help="--ceiling: also write its result here")
     args = parser.parse_args()
     if args.ceiling:
-        print(json.dumps(bench_ceiling(args.arch, args.batch_size, args.image_size, args.device, args.steps, args.warmup)))
+        result = bench_ceiling(args.arch, args.batch_size, args.image_size, args.device, args.steps, args.warmup)
+        print(json.dumps(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
         return
     machine = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                "torch": torch.__version__, "cuda": torch.cuda.is_available()}

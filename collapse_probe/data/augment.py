@@ -119,7 +119,7 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     h, s, v = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]
-    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)  # 5, 3, 1: no host copy
     k = (n + h * 6) % 6
     return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
@@ -165,6 +165,16 @@ class BatchAugment:
         self.image_size, self.crop, self.crop_scale = image_size, crop, crop_scale
         self.blur_p, self.solarize_p = BLUR_P[view - 1], SOLARIZE_P[view - 1]
         self.mean, self.std = tuple(mean), tuple(std)
+        self._stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _mean_std(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 3, 1, 1) mean and std on ``like``'s device, copied there once: a host-to-device
+        copy per call would be a host sync per training step on a GPU."""
+        key = (like.device, like.dtype)
+        if key not in self._stats:
+            self._stats[key] = tuple(torch.tensor(v, dtype=like.dtype).view(1, 3, 1, 1).to(like.device)
+                                     for v in (self.mean, self.std))
+        return self._stats[key]
 
     def _uniform(self, n: int, low: float, high: float, like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return torch.rand(n, device=like.device, generator=gen) * (high - low) + low
@@ -214,7 +224,7 @@ class BatchAugment:
         sigma = self._uniform(b, *blur_sigma(self.image_size), x, gen)
         offsets = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
         kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
-        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, k)
+        kernel = (kernel / kernel.sum(1, keepdim=True))[:, None].expand(b, c, k).reshape(b * c, k)  # (B*C, k)
         flat = F.pad(x.reshape(1, b * c, hgt, wid), (k // 2,) * 4, mode="reflect")
         flat = F.conv2d(flat, kernel.view(b * c, 1, k, 1), groups=b * c)
         flat = F.conv2d(flat, kernel.view(b * c, 1, 1, k), groups=b * c)
@@ -237,6 +247,5 @@ class BatchAugment:
             x = self._where(self.blur_p, self._blur(x, gen), x, gen)
         if self.solarize_p > 0:
             x = self._where(self.solarize_p, torch.where(x >= 0.5, 1 - x, x), x, gen)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        mean, std = self._mean_std(x)
         return (x - mean) / std

@@ -309,8 +309,9 @@ def resize_center_crop(image: torch.Tensor, resize: int, image_size: int) -> tor
 def normalize_batch(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """(B, 3, H, W) in 0..255 units (uint8, or float) -> float32 ``(x / 255 - mean) / std`` per channel."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    # non_blocking: a blocking host-to-device copy would sync the GPU on every batch
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(images.device, non_blocking=True)
+    std_t = torch.tensor(std).view(1, -1, 1, 1).to(images.device, non_blocking=True)
     return (images.float() / 255.0 - mean_t) / std_t
 
 

@@ -89,10 +89,11 @@ class TensorStream:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         # Same permutation on every process (seed + epoch); each takes its own slice of a global batch.
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+        order = order.to(self.device)  # one host-to-device copy per epoch: a copy per step would sync the GPU each step
         gen = torch.Generator(self.device).manual_seed(self.seed * 100003 + epoch * 1009 + self.dist.rank + 1)
         for step in range(self.steps):
             start = step * self.global_batch + self.dist.rank * self.local_batch
-            idx = order[start : start + self.local_batch].to(self.device)
+            idx = order[start : start + self.local_batch]
             images = self.images[idx]
             yield self.views[0](images, gen), self.views[1](images, gen), self.labels[idx]
 

@@ -80,5 +80,6 @@ def nt_xent(
     logits = z @ z.T / temperature
     self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
-    targets = torch.cat([torch.arange(batch, 2 * batch), torch.arange(0, batch)]).to(z.device)
+    # B..2B-1, 0..B-1, made on the device (a host-to-device copy would sync the GPU every step)
+    targets = (torch.arange(2 * batch, device=z.device) + batch) % (2 * batch)
     return F.cross_entropy(logits, targets)
