@@ -67,10 +67,12 @@ from collapse_probe.encoders import (
     EncoderWithProjector,
     build_encoder,
     find_classifier,
+    libraries_with,
     rebuild_projector,
     strip_classifier,
 )
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.keymaps import flatten_vissl, remap_sequential_children
 
 TRAINER_FORMAT = "collapse-probe/trainer-v1"
 #: Keys under which wrapped checkpoints keep their weights, tried in this order.
@@ -121,6 +123,10 @@ class LoadReport:
     ignored_prefixes: tuple[str, ...] = ()
     #: The unexpected keys that look like backbone weights (not a known head): a wrong arch.
     unexpected_backbone_keys: tuple[str, ...] = ()
+    #: The library the architecture came from (``torchvision``, ``timm``; "" for ``module:fn``).
+    arch_library: str = ""
+    #: True when the architecture was detected from the keys and shapes (no ``arch`` given).
+    arch_detected: bool = False
 
     @property
     def missing_weights(self) -> tuple[str, ...]:
@@ -149,7 +155,10 @@ class LoadReport:
     def summary(self) -> str:
         """A few human lines: format, arch, keys loaded, what was dropped or missing."""
         where = f" under {self.source!r}" if self.source else ""
-        lines = [f"{self.path}: {self.kind}{where}" + (f", arch {self.arch}" if self.arch else "")]
+        how = ", ".join(p for p in (self.arch_library, "detected from its keys and shapes" if self.arch_detected else "")
+                        if p)
+        arch = f", arch {self.arch}" + (f" ({how})" if how else "") if self.arch else ""
+        lines = [f"{self.path}: {self.kind}{where}{arch}"]
         if self.partial:
             lines.append("warning: PARTIAL LOAD (--allow-partial): part of the model stays randomly initialised: "
                          + "; ".join(self.problems()))
@@ -170,7 +179,8 @@ class LoadReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The load as JSON-ready values (the ``load`` block of ``spectrum.json``'s ``source``)."""
-        return {"kind": self.kind, "source": self.source, "arch": self.arch, "stripped_prefix": self.stripped_prefix,
+        return {"kind": self.kind, "source": self.source, "arch": self.arch, "arch_library": self.arch_library,
+                "arch_detected": self.arch_detected, "stripped_prefix": self.stripped_prefix,
                 "ignored_prefixes": list(self.ignored_prefixes), "n_loaded": self.n_loaded,
                 "n_expected": self.n_expected, "partial": self.partial, "missing_keys": list(self.missing_keys),
                 "mismatched_keys": list(self.mismatched_keys), "unexpected_keys": list(self.unexpected_keys),
@@ -299,6 +309,9 @@ def find_state_dict(obj: Any) -> tuple[str, dict[str, torch.Tensor]]:
     """
     if _is_state_dict(obj):
         return "", dict(obj)
+    vissl = flatten_vissl(obj)
+    if vissl is not None:
+        return vissl
     if isinstance(obj, Mapping):
         for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
@@ -377,27 +390,19 @@ def is_head_key(key: str) -> bool:
     return bool(components & HEAD_COMPONENTS or _words(key) & HEAD_WORDS)
 
 
-def load_weights(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, allow_partial: bool = False
-) -> dict[str, Any]:
-    """Load ``state_dict`` into ``model`` after stripping the best prefix; report what happened.
+def fit_weights(expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Fit ``state_dict`` to a model's keys and shapes (``expected``) without loading anything.
 
-    Returns a dict of :class:`LoadReport` fields: ``stripped_prefix``, ``ignored_prefixes``,
-    ``n_loaded``, ``n_expected``, ``missing_keys``, ``unexpected_keys``,
-    ``unexpected_backbone_keys``, ``mismatched_keys`` and ``notes``. Raises :class:`CollapseProbeError` when
-    the checkpoint does not fit the model (module docstring: shape-mismatched keys, unexpected
-    backbone keys, missing tensors other than ``num_batches_tracked``), unless ``allow_partial``.
-    Nothing is loaded when it raises.
+    The pure half of :func:`load_weights` (architecture detection calls it on models built on the
+    meta device): strips the best prefix and returns the :class:`LoadReport` fields
+    ``stripped_prefix``, ``ignored_prefixes``, ``n_loaded``, ``n_expected``, ``missing_keys``,
+    ``unexpected_keys``, ``unexpected_backbone_keys``, ``mismatched_keys``, ``notes``, and ``usable``
+    (model key -> tensor) for what fits.
 
-    >>> model = nn.Linear(2, 2)
-    >>> load_weights(model, {"module.weight": torch.eye(2), "module.bias": torch.zeros(2)})["n_loaded"]
-    2
-    >>> load_weights(model, {"weight": torch.eye(2)})
-    Traceback (most recent call last):
-    ...
-    collapse_probe.errors.CollapseProbeError: the checkpoint does not fit the model: 1 of the model's 2 tensors missing (bias): ...
+    >>> fit = fit_weights({"w": (2,), "b": (2,)}, {"module.w": torch.ones(2), "module.b": torch.ones(3)})
+    >>> fit["stripped_prefix"], fit["mismatched_keys"], sorted(fit["usable"])
+    ('module.', ('b (3,) vs (2,)',), ['w'])
     """
-    expected = model.state_dict()
     ranked = rank_prefixes(list(state_dict), set(expected))
     prefix, best_count = ranked[0]
     ignored = tuple(p for p, count in ranked[1:] if count > 0 and 2 * count >= best_count)
@@ -406,8 +411,8 @@ def load_weights(
         name = key[len(prefix):] if key.startswith(prefix) else None
         if name is None or name not in expected:
             unexpected.append(key)
-        elif tuple(value.shape) != tuple(expected[name].shape):
-            mismatched.append(f"{name} {tuple(value.shape)} vs {tuple(expected[name].shape)}")
+        elif tuple(value.shape) != tuple(expected[name]):
+            mismatched.append(f"{name} {tuple(value.shape)} vs {tuple(expected[name])}")
         else:
             usable[name] = value
     # Keys outside the chosen prefix belong to the training wrapper (heads, losses, queues); inside
@@ -421,15 +426,41 @@ def load_weights(
         notes.append(f"warning: {prefix!r} and {tied[0]!r} both hold the model and neither name says which is the "
                      "online encoder: the shorter, then alphabetically first, is used; save the state_dict of the "
                      "one you mean to probe")
-    loaded = {
+    return {
         "stripped_prefix": prefix, "ignored_prefixes": ignored, "n_loaded": len(usable),
         "n_expected": len(expected), "missing_keys": tuple(missing), "unexpected_keys": tuple(unexpected),
         "unexpected_backbone_keys": tuple(backbone), "mismatched_keys": tuple(mismatched), "notes": tuple(notes),
+        "usable": usable,
     }
+
+
+def load_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, allow_partial: bool = False
+) -> dict[str, Any]:
+    """Load ``state_dict`` into ``model`` after stripping the best prefix; report what happened.
+
+    Returns a dict of :class:`LoadReport` fields: ``stripped_prefix``, ``ignored_prefixes``,
+    ``n_loaded``, ``n_expected``, ``missing_keys``, ``unexpected_keys``,
+    ``unexpected_backbone_keys``, ``mismatched_keys`` and ``notes`` (:func:`fit_weights`). Raises
+    :class:`CollapseProbeError` when the checkpoint does not fit the model (module docstring:
+    shape-mismatched keys, unexpected backbone keys, missing tensors other than
+    ``num_batches_tracked``), unless ``allow_partial``. Nothing is loaded when it raises.
+
+    >>> model = nn.Linear(2, 2)
+    >>> load_weights(model, {"module.weight": torch.eye(2), "module.bias": torch.zeros(2)})["n_loaded"]
+    2
+    >>> load_weights(model, {"weight": torch.eye(2)})
+    Traceback (most recent call last):
+    ...
+    collapse_probe.errors.CollapseProbeError: the checkpoint does not fit the model: 1 of the model's 2 tensors missing (bias): ...
+    """
+    loaded = fit_weights({k: tuple(v.shape) for k, v in model.state_dict().items()}, state_dict)
+    usable = loaded.pop("usable")
     problems = LoadReport("", "", **loaded).problems()
     if problems and not allow_partial:
         parameters = dict(model.named_parameters())
-        if not mismatched and not backbone and not any(k in parameters for k in missing):
+        if (not loaded["mismatched_keys"] and not loaded["unexpected_backbone_keys"]
+                and not any(k in parameters for k in loaded["missing_keys"])):
             advice = ("only buffers such as BatchNorm running statistics are missing: save model.state_dict(), "
                       "not named_parameters().")
         else:
@@ -465,6 +496,57 @@ def _trainer_model(path: Path, ckpt: Mapping[str, Any]) -> LoadedEncoder:
     return LoadedEncoder(model, report, layers, image_size=int(image_size) if image_size else None)
 
 
+def sequential_layout(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """lightly's ``nn.Sequential(*list(resnet.children())[:-1])`` keys renamed to the model's children."""
+    children = [name for name, _ in model.named_children()]
+    renamed, prefixes = remap_sequential_children(state_dict, children, set(model.state_dict()))
+    notes = [f"{p!r} holds the model as a Sequential of its children (lightly's layout): indices mapped to "
+             f"{', '.join(f'{i} -> {c}' for i, c in enumerate(children[:5]))}, ..." for p in prefixes]
+    return renamed, notes
+
+
+def choose_arch(path: Path, arch: str | None, state_dict: dict[str, torch.Tensor]) -> tuple[str, str, bool, list[str]]:
+    """``(arch, library, detected, notes)`` for a state_dict: ``arch`` as given, or detected.
+
+    A plain name that torchvision and timm both have (efficientnet_b0) goes to the library whose
+    model the keys fit, torchvision when both do. Without ``arch`` the model is detected
+    (:func:`collapse_probe.arch_detect.detect_arch`); several fitting models or none raise
+    :class:`CollapseProbeError` naming the closest and what differs.
+    """
+    from collapse_probe import arch_detect
+
+    if arch is not None:
+        libraries = libraries_with(arch) if ":" not in arch and "/" not in arch else []
+        if "/" in arch and ":" not in arch:
+            library, _, bare = arch.partition("/")
+            return bare, library, False, []
+        if len(libraries) < 2:
+            return arch, libraries[0] if libraries else "", False, []
+        torchvision = arch_detect.check_candidate("torchvision", arch, state_dict)
+        if torchvision is not None and not torchvision.problems:
+            return arch, "torchvision", False, []
+        timm = arch_detect.check_candidate("timm", arch, state_dict)
+        if timm is not None and not timm.problems:
+            return arch, "timm", False, [f"{arch!r} exists in torchvision and timm: timm's is used, its keys and shapes "
+                                         "fit the file (torchvision's do not)"]
+        return arch, "torchvision", False, [f"neither torchvision's nor timm's {arch} fits the file"]
+    found = arch_detect.detect_arch(state_dict)
+    where = f"{path} holds a bare state_dict ({len(state_dict)} tensors)"
+    took = f"checked {found.n_built} of {found.n_indexed} models in {found.seconds:.1f} s"
+    if len(found.matches) == 1:
+        match = found.matches[0]
+        return match.name, match.library, True, [
+            f"architecture detected from keys and shapes: {match.spec}, the only model that fits ({took})",
+            *found.notes]
+    if found.matches:
+        raise CollapseProbeError(f"{where} that fits {len(found.matches)} architectures: {found.describe()}: "
+                                 "name one with --arch (e.g. --arch " + found.matches[0].spec + ")")
+    closest = found.describe() or "none"
+    libraries = "torchvision or timm" if arch_detect.timm_installed() else "torchvision (timm is not installed)"
+    raise CollapseProbeError(f"{where} that fits no {libraries} model ({took}); closest: {closest}: name its "
+                             "architecture with --arch (a name, or package.module:callable)")
+
+
 def _arch_model(path: Path, kind: str, obj: Any, arch: str | None, allow_partial: bool) -> LoadedEncoder:
     source, state_dict = find_state_dict(obj)
     notes = []
@@ -473,15 +555,14 @@ def _arch_model(path: Path, kind: str, obj: Any, arch: str | None, allow_partial
     if arch is None and isinstance(obj, Mapping) and isinstance(obj.get("arch"), str):
         arch = obj["arch"]
         notes.append(f"architecture {arch!r} read from the checkpoint")
-    if arch is None:
-        raise CollapseProbeError(
-            f"{path} holds a bare state_dict ({len(state_dict)} tensors, e.g. {next(iter(state_dict))!r}): "
-            "name its architecture with --arch (e.g. resnet50, vit_b_16, or package.module:callable)"
-        )
-    model = build_encoder(arch)
+    arch, library, detected, arch_notes = choose_arch(path, arch, state_dict)
+    notes.extend(arch_notes)
+    model = build_encoder(f"{library}/{arch}" if library else arch)
     head = find_classifier(model)
     rep_dim = model.get_submodule(head).in_features if head else None
     classifier = strip_classifier(model)
+    state_dict, notes_map = sequential_layout(model, state_dict)
+    notes.extend(notes_map)
     try:
         loaded = load_weights(model, state_dict, allow_partial=allow_partial)
     except CollapseProbeError as error:
@@ -491,15 +572,17 @@ def _arch_model(path: Path, kind: str, obj: Any, arch: str | None, allow_partial
     # A projector from the same copy of the network: never one of an ignored (momentum) encoder.
     candidates = {k: state_dict[k] for k in loaded["unexpected_keys"]
                   if not k.startswith(loaded["ignored_prefixes"]) and not _words(k) & MOMENTUM_WORDS}
-    rebuilt = rebuild_projector(candidates)
+    rebuilt = rebuild_projector(candidates, near=loaded["stripped_prefix"])
     if rebuilt is not None and (rep_dim is None or rebuilt[0][0].in_features == rep_dim):
         projector, used = rebuilt
         model = EncoderWithProjector(model, projector)
         layers = {"backbone": "representation", "projector": "embedding"}
         loaded["unexpected_keys"] = tuple(k for k in loaded["unexpected_keys"] if k not in set(used))
-        notes.append(f"projector rebuilt from its {len(used)} tensors ({len(projector)} layers; "
+        head_path = used[0][:used[0].rindex(".", 0, used[0].rindex("."))]
+        notes.append(f"projector {head_path!r} rebuilt from its {len(used)} tensors ({len(projector)} layers; "
                      "ReLU assumed at parameter-free positions): probed as 'projector', the backbone as 'backbone'")
-    report = LoadReport(str(path), kind, source, arch, classifier=classifier, notes=tuple(notes), **loaded)
+    report = LoadReport(str(path), kind, source, arch, classifier=classifier, notes=tuple(notes),
+                        arch_library=library, arch_detected=detected, **loaded)
     return LoadedEncoder(model, report, layers)
 
 

@@ -8,6 +8,9 @@ Names resolve in this order:
    weights (``weights=None``): weights come from the checkpoint, never from a download;
 3. a timm model name, when timm is installed (``pretrained=False``).
 
+``torchvision/NAME`` or ``timm/NAME`` picks the library where a name exists in both
+(``timm/efficientnet_b0``); :func:`libraries_with` says which do.
+
 The *representation* of an image classifier is the input of its final linear classifier (the
 paper's 2048-d ResNet-50 backbone output). :func:`strip_classifier` replaces that final linear
 layer by :class:`torch.nn.Identity`, so the module keeps its name and its output *is* the
@@ -55,6 +58,19 @@ def available_encoders() -> list[str]:
     return names
 
 
+def libraries_with(name: str) -> list[str]:
+    """The libraries (``torchvision``, ``timm``) that have a model called ``name``.
+
+    >>> libraries_with("resnet18")[0], libraries_with("no_such_net")
+    ('torchvision', [])
+    """
+    found = ["torchvision"] if name in _torchvision_names() else []
+    timm = _timm()
+    if timm is not None and timm.is_model(name):
+        found.append("timm")
+    return found
+
+
 def _import_factory(spec: str) -> Callable[[], nn.Module]:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
@@ -87,13 +103,18 @@ def build_encoder(name: str) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise CollapseProbeError(f"--arch {name!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model
-    if name in _torchvision_names():
+    library, _, bare = name.rpartition("/")
+    if library not in ("", "torchvision", "timm"):
+        raise CollapseProbeError(f"--arch {name!r}: the library is torchvision/NAME or timm/NAME")
+    if library in ("", "torchvision") and bare in _torchvision_names():
         import torchvision
 
-        return torchvision.models.get_model(name, weights=None)
+        return torchvision.models.get_model(bare, weights=None)
     timm = _timm()
-    if timm is not None and timm.is_model(name):
-        return timm.create_model(name, pretrained=False)
+    if library in ("", "timm") and timm is not None and timm.is_model(bare):
+        return timm.create_model(bare, pretrained=False)
+    if library == "timm" and timm is None:
+        raise CollapseProbeError(f"--arch {name!r} needs timm: pip install timm")
     import difflib
 
     close = difflib.get_close_matches(name, available_encoders(), n=3)
@@ -148,8 +169,13 @@ def strip_classifier(model: nn.Module) -> str | None:
 
 # ----------------------------------------------------------------------------- projectors
 
+#: Where SSL code bases keep a Sequential projector, in order of preference: solo-learn and BYOL
+#: (``projector``), lightly (``projection_head.layers``), MoCo v2/v3 and SimSiam (the encoder's
+#: ``fc`` replaced by an MLP; ``head`` for MoCo v3's ViT), mmselfsup (``neck.mlp``).
+PROJECTOR_PATHS = ("projector", "projection_head.layers", "fc", "head", "neck.mlp")
 _PROJECTOR_KEY = re.compile(
-    r"^(?P<prefix>(?:\w+\.)*?)projector\.(?P<index>\d+)\.(?P<name>weight|bias|running_mean|running_var|num_batches_tracked)$"
+    r"^(?P<prefix>(?:\w+\.)*?)(?P<head>" + "|".join(re.escape(p) for p in PROJECTOR_PATHS) + r")"
+    r"\.(?P<index>\d+)\.(?P<name>weight|bias|running_mean|running_var|num_batches_tracked)$"
 )
 
 
@@ -165,33 +191,58 @@ class EncoderWithProjector(nn.Module):
         return self.projector(self.backbone(x))
 
 
-def rebuild_projector(state_dict: Mapping[str, torch.Tensor]) -> tuple[nn.Sequential, list[str]] | None:
-    """Rebuild an ``nn.Sequential`` projector (``[prefix.]projector.N.*`` keys) from its weights alone.
+def _shared_components(a: str, b: str) -> int:
+    """How many leading dotted components ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a.split("."), b.split("."), strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
-    Solo-learn, Lightning and most SSL code bases keep their projector as a Sequential of
-    ``Linear`` and ``BatchNorm1d`` layers with parameter-free activations between them. Positions
-    with a 2-D ``weight`` become ``Linear``, those with ``running_mean`` ``BatchNorm1d`` (affine
-    when a weight is stored), and positions without parameters ``ReLU`` -- an assumption, which
-    the load report states. Returns ``(projector, keys used)``, or None when there is no such
-    projector or its keys do not fit this pattern.
+
+def rebuild_projector(
+    state_dict: Mapping[str, torch.Tensor], near: str = ""
+) -> tuple[nn.Sequential, list[str]] | None:
+    """Rebuild an ``nn.Sequential`` projector (keys ``[prefix.]PATH.N.*``) from its weights alone.
+
+    ``PATH`` is one of :data:`PROJECTOR_PATHS`. Solo-learn, lightly, MoCo, SimSiam, BYOL and most
+    SSL code bases keep their projector as a Sequential of ``Linear`` and ``BatchNorm1d`` layers
+    with parameter-free activations between them. Positions with a 2-D ``weight`` become
+    ``Linear``, those with ``running_mean`` ``BatchNorm1d`` (affine when a weight is stored), and
+    positions without parameters ``ReLU`` -- an assumption, which the load report states. When
+    several heads are present, the one under ``near`` (the backbone's prefix: MoCo's
+    ``module.encoder_q.fc``) wins, then the one sharing most leading components with it, then the
+    first of :data:`PROJECTOR_PATHS`, then the alphabetically first -- never key order. Returns
+    ``(projector, keys used)``, or None when there is no such projector or its keys do not fit
+    this pattern.
 
     >>> head = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
     >>> rebuilt, keys = rebuild_projector({"module.projector." + k: v for k, v in head.state_dict().items()})
     >>> [type(m).__name__ for m in rebuilt], len(keys)
     (['Linear', 'BatchNorm1d', 'ReLU', 'Linear'], 9)
     """
-    groups: dict[int, dict[str, torch.Tensor]] = {}
-    used: list[str] = []
-    prefix = None
+    found: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
         match = _PROJECTOR_KEY.match(key)
-        if match is None or (prefix is not None and match["prefix"] != prefix):
-            continue
-        prefix = match["prefix"]
-        groups.setdefault(int(match["index"]), {})[match["name"]] = value
-        used.append(key)
-    if not groups:
+        if match is not None:
+            found.setdefault((match["prefix"], match["head"]), {})[key] = value
+    if not found:
         return None
+    order = sorted(found, key=lambda ph: (not (ph[0] + ph[1]).startswith(near), -_shared_components(ph[0], near),
+                                          PROJECTOR_PATHS.index(ph[1]), ph[0]))
+    for prefix, head in order:
+        rebuilt = _rebuild(found[(prefix, head)])
+        if rebuilt is not None:
+            return rebuilt
+    return None
+
+
+def _rebuild(keys: Mapping[str, torch.Tensor]) -> tuple[nn.Sequential, list[str]] | None:
+    groups: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in keys.items():
+        match = _PROJECTOR_KEY.match(key)
+        groups.setdefault(int(match["index"]), {})[match["name"]] = value
     layers: list[nn.Module] = []
     for index in range(max(groups) + 1):
         params = groups.get(index)
@@ -204,10 +255,12 @@ def rebuild_projector(state_dict: Mapping[str, torch.Tensor]) -> tuple[nn.Sequen
             layers.append(nn.Linear(in_features, out_features, bias="bias" in params))
         else:
             return None
+    if not isinstance(layers[0], nn.Linear):
+        return None
     projector = nn.Sequential(*layers)
     weights = {f"{i}.{name}": value for i, params in groups.items() for name, value in params.items()}
     try:
         projector.load_state_dict(weights, strict=True)
     except RuntimeError:
         return None
-    return projector, used
+    return projector, list(keys)
