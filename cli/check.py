@@ -18,16 +18,19 @@ from collapse_probe.reports import is_spectrum_file, load_spectra
 @click.option("--max-collapsed-fraction", type=float,
               help="Fail when more than this fraction of a layer's d dimensions is collapsed (0..1).")
 @click.option("--baseline", type=click.Path(dir_okay=False), metavar="SPECTRUM.json",
-              help="A saved spectrum to compare with (needs --max-drop).")
+              help="A saved spectrum to compare with (needs --max-drop and/or --max-drop-sigma).")
 @click.option("--max-drop", type=float, metavar="FRACTION",
               help="Fail when effective rank or RankMe falls more than this fraction below the baseline.")
+@click.option("--max-drop-sigma", type=float, metavar="Z",
+              help="Fail only when the drop below the baseline also exceeds Z combined standard errors "
+                   "(both spectra probed with --groups K); alone, fail on any drop beyond Z of them.")
 @click.option("--report-json", type=click.Path(dir_okay=False), metavar="FILE", help="Write the results as JSON.")
 @click.option("--junit-xml", type=click.Path(dir_okay=False), metavar="FILE", help="Write a JUnit XML report.")
 @options.probe_options
 @options.quiet
 def check(source: str, min_effective_rank: float | None, min_rankme: float | None,
           max_collapsed_fraction: float | None, baseline: str | None, max_drop: float | None,
-          report_json: str | None, junit_xml: str | None, quiet: bool, **values) -> None:
+          max_drop_sigma: float | None, report_json: str | None, junit_xml: str | None, quiet: bool, **values) -> None:
     """Check collapse bounds on CKPT (probed on --data) or on a saved spectrum JSON.
 
     Exit code 0 when every check passes, 1 when one fails (each failure is printed with its
@@ -43,17 +46,18 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
       collapse-probe check ckpt.pt --data val/ --min-effective-rank 50 --junit-xml collapse.xml
       collapse-probe check probe_out/spectrum.json --max-collapsed-fraction 0.25
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.1
+      collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.05 --max-drop-sigma 3
     """
     validate_bounds(min_effective_rank=min_effective_rank, min_rankme=min_rankme,
                     max_collapsed_fraction=max_collapsed_fraction, has_baseline=baseline is not None,
-                    max_drop=max_drop)
+                    max_drop=max_drop, max_drop_sigma=max_drop_sigma)
     probe_values, _ = options.split_probe_values(values)
     config = None if is_spectrum_file(source) else options.probe_config(probe_values, quiet_run=quiet)
     result = load_or_probe(source, config)
     reference = load_spectra(baseline).spectra if baseline is not None else None
     results = run_checks(result.spectra, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
                          max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop,
-                         sample_name="samples" if config is None else "images")
+                         max_drop_sigma=max_drop_sigma, sample_name="samples" if config is None else "images")
     if report_json:
         write_report_json(report_json, results, source=result.source,
                           metrics={n: s.metrics() for n, s in result.spectra.items()})

@@ -61,6 +61,10 @@ repeated_calls = click.option(
     help="A probed layer that runs more than once per forward (siamese views, weight tying) would count "
          "several rows per image: refuse it (error), or probe only its first or last call.")
 strict = click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+groups = click.option(
+    "--groups", type=click.IntRange(min=2), default=None, metavar="K",
+    help="Error bars: batch i goes to group i mod K, and every metric gets a jackknife standard error "
+         "(shown as value +- se; needed by check --max-drop-sigma). Costs K + 1 eigen-solves per layer.")
 out = click.option("--out", type=click.Path(file_okay=False), default="collapse_probe_out", show_default=True,
                    metavar="DIR", help="Folder for the JSON, CSV and PNG outputs.")
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table.")
@@ -68,7 +72,7 @@ quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar and no
 
 #: Everything needed to turn checkpoints and images into spectra.
 probe_options = _stack(data, arch, layer, batch_size, workers, device, precision, image_size, resize,
-                       max_samples, normalize, repeated_calls, strict, trust_checkpoint, allow_partial)
+                       max_samples, normalize, repeated_calls, strict, groups, trust_checkpoint, allow_partial)
 
 
 def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
@@ -84,12 +88,14 @@ def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeCon
         data=data_config, arch=values["arch"], layers=tuple(values["layers"]), device=values["device"],
         precision=None if values["precision"] == "fp32" else values["precision"],
         normalize=values["normalize"], trust_checkpoint=values["trust_checkpoint"],
-        allow_partial=values["allow_partial"], repeated_calls=values["repeated_calls"], progress=not quiet_run,
+        allow_partial=values["allow_partial"], repeated_calls=values["repeated_calls"], groups=values["groups"],
+        progress=not quiet_run,
     )
 
 
 PROBE_KEYS = ("data", "arch", "layers", "batch_size", "workers", "device", "precision", "image_size", "resize",
-              "max_samples", "normalize", "repeated_calls", "strict", "trust_checkpoint", "allow_partial")
+              "max_samples", "normalize", "repeated_calls", "strict", "groups", "trust_checkpoint",
+              "allow_partial")
 
 
 def split_probe_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

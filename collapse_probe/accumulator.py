@@ -37,7 +37,7 @@ from collapse_probe.ranks import is_distributed
 from collapse_probe.solve import solve_spectra
 
 NO_BAD_BATCH = torch.iinfo(torch.int64).max
-STATE_FORMAT = "collapse-probe/accumulator-v2"
+STATE_FORMAT = "collapse-probe/accumulator-v3"
 
 #: Embedding dtypes from the most to the least precise (``least_precise`` reduces by the max index).
 PRECISION_ORDER = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -57,6 +57,8 @@ class StateField:
     ``reduce`` is one of:
 
     * ``"moments"``: count, mean and M2 together, by the parallel (Chan) merge;
+    * ``"unit_moments"``: the per-dimension mean and M2 of the L2-normalised rows, by the same
+      merge on the diagonal (O(d); their count is ``count``);
     * ``"sum"``: added (counts);
     * ``"first"``: the (batch, rank) location of the first bad batch, the earliest one kept
       (its two fields reduce together);
@@ -77,6 +79,9 @@ STATE: tuple[StateField, ...] = (
     StateField("count", "moments", True, _zeros()),
     StateField("mean", "moments", True, _zeros(-1)),
     StateField("m2", "moments", True, _zeros(-1, -1)),
+    # per-dimension moments of z / ||z|| (lightly's std_of_l2_normalized on raw input): O(d)
+    StateField("unit_mean", "unit_moments", True, _zeros(-1)),
+    StateField("unit_m2", "unit_moments", True, _zeros(-1)),
     # rows dropped (skip_nonfinite=True) or batches holding NaN/Inf (otherwise)
     StateField("nonfinite_count", "sum", True, lambda acc: torch.zeros((), dtype=torch.int64, device=acc.device)),
     # where the first bad batch was: its index on its rank, and that rank (-1 before a sync)
@@ -346,6 +351,7 @@ class CovarianceAccumulator:
         """
         values = rows[:-1]
         safe_n_batch = torch.clamp(n_batch, min=1.0) if isinstance(n_batch, torch.Tensor) else max(n_batch, 1.0)
+        self._merge_unit_moments(values, n_batch, safe_n_batch, weights)
         batch_mean = (values.sum(dim=0) if batch_sum is None else batch_sum) / safe_n_batch
         values.sub_(batch_mean)
         if weights is not None:
@@ -359,6 +365,21 @@ class CovarianceAccumulator:
         self.count = total
         return batch_mean
 
+    def _merge_unit_moments(self, values: torch.Tensor, n_batch: torch.Tensor | float,
+                            safe_n_batch: torch.Tensor | float, weights: torch.Tensor | None) -> None:
+        """Chan-merge the per-dimension mean and M2 of this batch's L2-normalised rows: O(B d), no GEMM.
+
+        Called before the rows are centred, with the count the moments get (dropped rows are zero
+        and carry weight 0). Rows already normalised (``normalize=True``) are used as they are.
+        """
+        unit = values if self.normalize else F.normalize(values, dim=1)
+        unit_mean = unit.sum(dim=0) / safe_n_batch
+        centred = unit - unit_mean
+        if weights is not None:
+            centred = centred * weights
+        self.unit_mean, self.unit_m2 = cpf.merge_diagonal_moments(
+            self.count, self.unit_mean, self.unit_m2, n_batch, unit_mean, centred.square().sum(dim=0))
+
     # ------------------------------------------------------ combine (derived from STATE)
     def _combine(self, theirs: dict[str, Any]) -> dict[str, Any]:
         """The merged :data:`STATE` of ``self`` followed by another local state ``theirs``."""
@@ -370,6 +391,10 @@ class CovarianceAccumulator:
             if kind == "moments":
                 merged["count"], merged["mean"], merged["m2"] = cpf.merge_moments(
                     mine["count"], mine["mean"], mine["m2"], theirs["count"], theirs["mean"], theirs["m2"])
+            elif kind == "unit_moments":
+                merged["unit_mean"], merged["unit_m2"] = cpf.merge_diagonal_moments(
+                    mine["count"], mine["unit_mean"], mine["unit_m2"],
+                    theirs["count"], theirs["unit_mean"], theirs["unit_m2"])
             elif kind == "sum":
                 merged |= {name: mine[name] + theirs[name] for name in names}
             elif kind == "first":
@@ -432,15 +457,21 @@ class CovarianceAccumulator:
         mine = self._values()
         merged: dict[str, Any] = {}
 
-        totals = torch.cat([mine["count"].reshape(1), mine["mean"] * mine["count"]])
+        dim = self.dim
+        totals = torch.cat([mine["count"].reshape(1), mine["mean"] * mine["count"], mine["unit_mean"] * mine["count"]])
         dist.all_reduce(totals, group=group)
         merged["count"] = totals[0]
-        merged["mean"] = totals[1:] / torch.clamp(totals[0], min=1.0)
+        merged["mean"] = totals[1 : dim + 1] / torch.clamp(totals[0], min=1.0)
+        merged["unit_mean"] = totals[dim + 1 :] / torch.clamp(totals[0], min=1.0)
         offset = mine["mean"] - merged["mean"]
         weighted = offset * torch.sqrt(mine["count"])
         m2 = mine["m2"].clone().addr_(weighted, weighted)
         dist.all_reduce(m2, group=group)
         merged["m2"] = m2
+        # the same k-way merge on the O(d) moments of the normalised rows
+        unit_m2 = mine["unit_m2"] + (mine["unit_mean"] - merged["unit_mean"]).square() * mine["count"]
+        dist.all_reduce(unit_m2, group=group)
+        merged["unit_m2"] = unit_m2
 
         sum_names = [state.name for state in STATE if state.reduce == "sum"]
         sums = torch.stack([torch.as_tensor(mine[name], dtype=torch.int64, device=self.device).reshape(())
@@ -494,6 +525,7 @@ class CovarianceAccumulator:
             ddof=self.ddof, dtype=str(self.dtype).removeprefix("torch."),
             input_dtype=str(self.input_dtype or self.dtype).removeprefix("torch."), layer=self.layer,
             n_skipped_nonfinite=nonfinite if self.skip_nonfinite else 0,
+            unit_mean=self.unit_mean, unit_m2=self.unit_m2,
         )
 
     def compute(self):

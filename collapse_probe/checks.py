@@ -7,6 +7,10 @@ Each check is one metric of one layer against one bound:
 * ``max-collapsed-fraction``: at most this fraction of the layer's d dimensions is collapsed;
 * ``max-drop``: for effective rank and RankMe, ``value >= (1 - max_drop) * baseline value`` on the
   same layer of a saved baseline spectrum.
+* ``max-drop`` with ``max_drop_sigma = Z``: fail only when the drop ``baseline - value`` also
+  exceeds ``Z * sqrt(se_value^2 + se_baseline^2)``, the combined jackknife standard errors
+  (``Spectrum.stderr``; both spectra must have been probed with ``groups=K``). Alone (no
+  ``max_drop``) it fails on any drop beyond Z standard errors.
 
 A NaN value fails its check. ``collapse-probe check`` exits 0 when every check passes, 1 otherwise.
 
@@ -88,17 +92,45 @@ def _layer_pairs(spectra: Mapping[str, Spectrum], baseline: Mapping[str, Spectru
     )
 
 
+def _drop_bound(metric: str, s: Spectrum, reference: Spectrum, max_drop: float | None,
+                max_drop_sigma: float | None, layer: str) -> tuple[float, str]:
+    """The lowest passing value of ``metric`` against the baseline, and the message's detail.
+
+    ``(1 - max_drop) * b`` alone; ``b - Z * se`` alone (``se`` the combined standard error); with
+    both, the lower of the two: the drop must be both larger than allowed and larger than noise.
+    """
+    base = getattr(reference, metric)
+    bounds = [] if max_drop is None else [(1 - max_drop) * base]
+    if max_drop_sigma is None:
+        return bounds[0], ""
+    missing = [name for name, spectrum in (("probed", s), ("baseline", reference)) if metric not in spectrum.stderr]
+    if missing:
+        raise CollapseProbeError(
+            f"--max-drop-sigma needs standard errors of {metric} [{layer}] in both spectra; the "
+            f"{' and '.join(missing)} spectrum has none: probe with --groups K (spectrum(..., groups=K))"
+        )
+    se = math.hypot(s.stderr[metric], reference.stderr[metric])
+    bounds.append(base - max_drop_sigma * se)
+    value = getattr(s, metric)
+    sigmas = (base - value) / se if se > 0 else math.copysign(math.inf, base - value)
+    detail = (f"{metric} = {value:.4g} +- {s.stderr[metric]:.2g}, baseline {base:.4g} +- "
+              f"{reference.stderr[metric]:.2g}: drop {base - value:.3g} = {sigmas:.2f} combined SE")
+    return min(bounds), detail
+
+
 def validate_bounds(*, min_effective_rank: float | None = None, min_rankme: float | None = None,
                     max_collapsed_fraction: float | None = None, has_baseline: bool = False,
-                    max_drop: float | None = None) -> None:
+                    max_drop: float | None = None, max_drop_sigma: float | None = None) -> None:
     """Raise :class:`CollapseProbeError` for a meaningless set of bounds (before any probing)."""
-    if has_baseline != (max_drop is not None):
-        raise CollapseProbeError("--baseline and --max-drop go together: give both or neither")
+    if has_baseline != (max_drop is not None or max_drop_sigma is not None):
+        raise CollapseProbeError("--baseline goes with --max-drop and/or --max-drop-sigma: give both or neither")
+    if max_drop_sigma is not None and not (max_drop_sigma > 0 and math.isfinite(max_drop_sigma)):
+        raise CollapseProbeError(f"--max-drop-sigma is a positive number of standard errors, got {max_drop_sigma}")
     if max_drop is not None and not 0 <= max_drop < 1:
         raise CollapseProbeError(f"--max-drop is a fraction in [0, 1), got {max_drop}")
     if max_collapsed_fraction is not None and not 0 <= max_collapsed_fraction <= 1:
         raise CollapseProbeError(f"--max-collapsed-fraction is a fraction in [0, 1], got {max_collapsed_fraction}")
-    if all(v is None for v in (min_effective_rank, min_rankme, max_collapsed_fraction, max_drop)):
+    if all(v is None for v in (min_effective_rank, min_rankme, max_collapsed_fraction, max_drop, max_drop_sigma)):
         raise CollapseProbeError(
             "no check requested: give --min-effective-rank, --min-rankme, --max-collapsed-fraction "
             "or --baseline FILE --max-drop FRACTION"
@@ -113,6 +145,7 @@ def run_checks(
     max_collapsed_fraction: float | None = None,
     baseline: Mapping[str, Spectrum] | None = None,
     max_drop: float | None = None,
+    max_drop_sigma: float | None = None,
     sample_name: str = "samples",
 ) -> list[CheckResult]:
     """Evaluate every requested check on every layer (module docstring); at least one is needed.
@@ -138,16 +171,16 @@ def run_checks(
     """
     validate_bounds(min_effective_rank=min_effective_rank, min_rankme=min_rankme,
                     max_collapsed_fraction=max_collapsed_fraction, has_baseline=baseline is not None,
-                    max_drop=max_drop)
+                    max_drop=max_drop, max_drop_sigma=max_drop_sigma)
     results: list[CheckResult] = []
     refusals: list[tuple[str, int]] = []
 
-    def at_least(check: str, layer: str, metric: str, s: Spectrum, bound: float) -> None:
+    def at_least(check: str, layer: str, metric: str, s: Spectrum, bound: float, detail: str = "") -> None:
         value = getattr(s, metric)
         passed = not math.isnan(value) and value >= bound
         shown, needed = (min(s.n_samples, s.dim), s.dim) if metric == "rankme" else (s.max_rank, s.samples_needed)
         if passed or shown == s.dim:
-            results.append(CheckResult(check, layer, metric, value, bound, passed))
+            results.append(CheckResult(check, layer, metric, value, bound, passed, detail))
             return
         refusals.append((
             f"{check} [{layer}]: {metric} = {value:.4g} from {s.n_samples} {sample_name}, which show at most "
@@ -188,7 +221,7 @@ def run_checks(
             at_least("min-rankme", layer, "rankme", s, min_rankme)
         if max_collapsed_fraction is not None:
             collapsed_share(layer, s, max_collapsed_fraction)
-    if baseline is not None and max_drop is not None:
+    if baseline is not None and (max_drop is not None or max_drop_sigma is not None):
         for layer, base_layer in _layer_pairs(spectra, baseline):
             reference = baseline[base_layer]
             for metric in ("effective_rank", "rankme"):
@@ -201,7 +234,8 @@ def run_checks(
                         f"baseline of at least {needed} {sample_name}", needed,
                     ))
                     continue
-                at_least("max-drop", layer, metric, spectra[layer], (1 - max_drop) * getattr(reference, metric))
+                bound, detail = _drop_bound(metric, spectra[layer], reference, max_drop, max_drop_sigma, layer)
+                at_least("max-drop", layer, metric, spectra[layer], bound, detail)
     if refusals:
         raise CannotJudgeError("cannot judge " + "; ".join(text for text, _ in refusals),
                                max(needed for _, needed in refusals))

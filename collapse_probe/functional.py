@@ -71,6 +71,25 @@ def merge_moments(
     return n, mean, m2
 
 
+def merge_diagonal_moments(
+    n_a: torch.Tensor,
+    mean_a: torch.Tensor,
+    m2_a: torch.Tensor,
+    n_b: torch.Tensor,
+    mean_b: torch.Tensor,
+    m2_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`merge_moments` for per-dimension moments only: ``(mean, m2)`` with ``m2`` (d,).
+
+    ``M2 = M2_a + M2_b + delta^2 * n_a n_b / n`` elementwise: O(d), the diagonal of the full merge.
+    (The merged count is ``n_a + n_b``.)
+    """
+    n = n_a + n_b
+    safe_n = torch.clamp(n, min=1.0)
+    delta = mean_b - mean_a
+    return mean_a + delta * (n_b / safe_n), m2_a + m2_b + delta * delta * (n_a * n_b / safe_n)
+
+
 def covariance_from_moments(n: torch.Tensor | float, m2: torch.Tensor, ddof: int = 1) -> torch.Tensor:
     """``C = M2 / (n - ddof)`` (d, d)."""
     return m2 / (n - ddof)
@@ -226,24 +245,36 @@ class PowerLawFit(NamedTuple):
     stop: int
 
 
-def power_law_fit(eigenvalues: torch.Tensor, fit_range: tuple[int, int]) -> PowerLawFit:
+POWER_LAW_WEIGHTINGS = ("none", "inverse_rank")
+
+
+def power_law_fit(eigenvalues: torch.Tensor, fit_range: tuple[int, int], weighting: str = "none") -> PowerLawFit:
     """alpha-ReQ (Agrawal et al., NeurIPS 2022): slope of ``lambda_i ~ i^-alpha``.
 
     Args:
         eigenvalues: descending covariance eigenvalues (d,).
         fit_range: 1-based inclusive ranks ``(start, stop)``; must hold at least two positive
-            eigenvalues.
+            eigenvalues (non-positive ones are left out of the fit).
+        weighting: ``"none"``: ordinary least squares of ``log lambda_i`` on ``log i``;
+            ``"inverse_rank"``: weighted least squares with weight ``1 / i`` on rank i, as the
+            alpha-ReQ authors' code and reptrix's ``get_alpha`` fit it (after Stringer et al.
+            2019), which reptrix applies to ranks 11..100 (``fit_range=(11, 100)``).
 
     Returns:
         :class:`PowerLawFit` with alpha (alpha ~ 1 correlates with good linear-probe accuracy;
-        large alpha means a fast-decaying, collapsing spectrum) and the fit's R^2.
+        large alpha means a fast-decaying, collapsing spectrum) and the fit's R^2 (weighted by the
+        same weights: ``1 - sum w r^2 / sum w (y - ybar_w)^2``).
 
     >>> ranks = torch.arange(1, 101, dtype=torch.float64)
     >>> fit = power_law_fit(ranks ** -1.5, (1, 100))
     >>> round(fit.alpha, 6), round(fit.r2, 6)
     (1.5, 1.0)
+    >>> round(power_law_fit(ranks ** -1.5, (11, 100), weighting="inverse_rank").alpha, 6)
+    1.5
     """
     eigenvalues = _vector(eigenvalues, "eigenvalues", "power_law_fit")
+    if weighting not in POWER_LAW_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(POWER_LAW_WEIGHTINGS)}, got {weighting!r}")
     start, stop = fit_range
     if not 1 <= start < stop <= eigenvalues.numel():
         raise ValueError(f"fit_range {fit_range} must satisfy 1 <= start < stop <= {eigenvalues.numel()}")
@@ -254,14 +285,35 @@ def power_law_fit(eigenvalues: torch.Tensor, fit_range: tuple[int, int]) -> Powe
         raise ValueError(f"fit_range {fit_range} holds fewer than two positive eigenvalues")
     x = torch.log(ranks[positive])
     y = torch.log(values[positive])
-    x_centred = x - x.mean()
-    y_centred = y - y.mean()
-    slope = float((x_centred * y_centred).sum() / (x_centred**2).sum())
-    intercept = float(y.mean() - slope * x.mean())
+    w = 1.0 / ranks[positive] if weighting == "inverse_rank" else torch.ones_like(x)
+    w = w / w.sum()
+    x_centred = x - (w * x).sum()
+    y_centred = y - (w * y).sum()
+    slope = float((w * x_centred * y_centred).sum() / (w * x_centred**2).sum())
+    intercept = float((w * y).sum() - slope * (w * x).sum())
     residual = y_centred - slope * x_centred
-    total = float((y_centred**2).sum())
-    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
+    total = float((w * y_centred**2).sum())
+    r2 = 1.0 - float((w * residual**2).sum()) / total if total > 0 else 1.0
     return PowerLawFit(alpha=-slope, intercept=intercept, r2=r2, start=start, stop=stop)
+
+
+def effective_rank_of_eigenvalues(eigenvalues: torch.Tensor, eps: float = RANKME_EPS) -> float:
+    """The entropy rank of the *eigenvalues*: ``exp(-sum p_k log p_k)``, ``p_k = lambda_k / sum_j lambda_j + eps``.
+
+    What reptrix 0.1.0 reports as "rankme" (``get_rankme``: the centred covariance's
+    eigenvalues, normalised, plus 1e-7). It is not Roy & Vetterli's effective rank of the
+    singular values (:func:`effective_rank`, ``lambda = s^2``): squaring sharpens the
+    distribution, so it is always lower, by up to several times on a decaying spectrum
+    (docs/metrics.md measures it). ``eps=0`` gives the plain entropy of the eigenvalues.
+
+    >>> round(effective_rank_of_eigenvalues(torch.tensor([4.0, 1.0, 1.0, 0.0]), eps=0.0), 4)
+    2.3811
+    """
+    eigenvalues = _vector(eigenvalues, "eigenvalues", "effective_rank_of_eigenvalues")
+    total = eigenvalues.sum()
+    if float(total) <= 0.0:
+        return 0.0
+    return _entropy_rank(eigenvalues / total + eps)
 
 
 def mean_std_of_normalized(variances: torch.Tensor) -> float:
@@ -276,3 +328,19 @@ def mean_std_of_normalized(variances: torch.Tensor) -> float:
     variances = _vector(variances, "per-dimension variances", "mean_std_of_normalized")
     return float(torch.sqrt(variances.clamp_min(0.0)).mean())
 
+
+
+def jackknife_stderr(leave_one_out: torch.Tensor) -> float:
+    """Delete-a-group jackknife standard error from the K leave-one-group-out estimates.
+
+    ``SE = sqrt((K - 1) / K * sum_k (theta_(k) - mean_k theta_(k))^2)`` (Efron & Stein 1981;
+    Quenouille's jackknife with groups as the deleted units). NaN when K < 2 or an estimate is NaN.
+
+    >>> round(jackknife_stderr(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)), 6)
+    1.154701
+    """
+    values = _vector(leave_one_out, "leave-one-out estimates", "jackknife_stderr").to(torch.float64)
+    k = values.numel()
+    if k < 2:
+        return float("nan")
+    return float(torch.sqrt((k - 1) / k * ((values - values.mean()) ** 2).sum()))

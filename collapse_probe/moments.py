@@ -33,6 +33,9 @@ class Moments:
         dtype: the accumulation dtype name; ``input_dtype``: the least precise embedding dtype seen.
         layer: the probed module's name (``None`` for the model output).
         n_skipped_nonfinite: rows dropped for NaN/Inf (``skip_nonfinite=True``).
+        unit_mean / unit_m2: (d,) mean and centred sum of squares, per dimension, of the
+            L2-normalised rows ``z / ||z||`` whatever ``normalize`` says (lightly's
+            ``std_of_l2_normalized``); ``None`` when not tracked.
     """
 
     count: int
@@ -45,6 +48,8 @@ class Moments:
     input_dtype: str = "float64"
     layer: str | None = None
     n_skipped_nonfinite: int = 0
+    unit_mean: torch.Tensor | None = None
+    unit_m2: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -61,6 +66,12 @@ class Moments:
         if not self.center:
             diagonal = diagonal + self.mean * self.mean * self.count
         return diagonal / (self.count - self.ddof)
+
+    def unit_variances(self) -> torch.Tensor | None:
+        """(d,) per-dimension variance of the L2-normalised rows, divisor N - 1 (``torch.std``'s); None if untracked."""
+        if self.unit_m2 is None:
+            return None
+        return self.unit_m2 / max(self.count - 1, 1)
 
 
 def check_moments(moments: Moments) -> None:
@@ -141,6 +152,8 @@ def embedding_moments(
     n = torch.zeros((), dtype=torch.float64, device=z.device)
     mean = torch.zeros(dim, dtype=torch.float64, device=z.device)
     m2 = torch.zeros(dim, dim, dtype=torch.float64, device=z.device)
+    unit_mean = torch.zeros(dim, dtype=torch.float64, device=z.device)
+    unit_m2 = torch.zeros(dim, dtype=torch.float64, device=z.device)
     skipped = 0
     for start in range(0, z.shape[0], chunk_size):
         chunk = z[start : start + chunk_size].detach().to(torch.float64)
@@ -150,16 +163,22 @@ def embedding_moments(
                 where = f"layer {layer!r}" if layer else "the embeddings"
                 first = start + int((~finite).nonzero()[0])
                 raise NonFiniteEmbeddingError(f"non-finite values (NaN/Inf) in {where}, first in row {first}; "
-                                              "pass skip_nonfinite=True to drop such rows")
+                                              "pass skip_nonfinite=True (CLI: --skip-nonfinite) to drop such rows")
             skipped += int((~finite).sum())
             chunk = chunk[finite]
         if chunk.shape[0] == 0:
             continue
+        unit = torch.nn.functional.normalize(chunk, dim=1)
         if normalize:
-            chunk = torch.nn.functional.normalize(chunk, dim=1)
+            chunk = unit
+        unit_n = torch.tensor(float(unit.shape[0]), dtype=torch.float64, device=z.device)
+        unit_centred = unit - unit.mean(dim=0)  # two-pass per chunk, as the covariance
+        unit_mean, unit_m2 = cpf.merge_diagonal_moments(n, unit_mean, unit_m2, unit_n, unit.mean(dim=0),
+                                                        (unit_centred**2).sum(dim=0))
         n, mean, m2 = cpf.merge_moments(n, mean, m2, *cpf.batch_moments(chunk))
     return Moments(
         count=int(n), mean=mean, m2=m2, center=center, normalize=normalize,
         ddof=(1 if center else 0) if ddof is None else int(ddof), dtype="float64",
         input_dtype=str(z.dtype).removeprefix("torch."), layer=layer, n_skipped_nonfinite=skipped,
+        unit_mean=unit_mean, unit_m2=unit_m2,
     )

@@ -53,6 +53,7 @@ class ProbeConfig:
     trust_checkpoint: bool = False
     allow_partial: bool = False
     repeated_calls: str = "error"  # or "first" / "last": see spectrum(repeated_calls=...)
+    groups: int | None = None  # K groups for jackknife standard errors: see spectrum(groups=...)
     progress: bool = True
 
 
@@ -107,7 +108,7 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[
                          workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
     solved = spectrum(target, loader, layers=hooks, device=device, normalize=config.normalize,
                       max_samples=d.max_samples, precision=config.precision, progress=config.progress,
-                      repeated_calls=config.repeated_calls)
+                      repeated_calls=config.repeated_calls, groups=config.groups)
     if not isinstance(solved, dict):
         solved = {OUTPUT_NAME: solved}
     results = []

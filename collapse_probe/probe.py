@@ -23,6 +23,7 @@ from collapse_probe.capture import (
 )
 from collapse_probe.devices import resolve_device
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.grouped import GroupedAccumulator
 from collapse_probe.ranks import is_distributed as _is_distributed
 from collapse_probe.ranks import is_main_process as _is_main_process
 from collapse_probe.result import Spectrum
@@ -52,8 +53,16 @@ def _progress(loader: Iterable, enabled: bool) -> Iterable:
     return tqdm(loader, total=total, desc="probing", unit="batch", file=sys.stderr, leave=False)
 
 
+def _new_accumulator(dim: int, groups: int | None, **conventions: Any) -> CovarianceAccumulator | GroupedAccumulator:
+    """One layer's accumulator: K groups for jackknife error bars when ``groups`` is set."""
+    if groups is None:
+        return CovarianceAccumulator(dim, **conventions)
+    return GroupedAccumulator(dim, groups=groups, **conventions)
+
+
 def _agree_on_dimensions(
-    accumulators: dict[str, CovarianceAccumulator], keys: list[str], batches: int, device: torch.device, **conventions: Any
+    accumulators: dict[str, Any], keys: list[str], batches: int, device: torch.device, groups: int | None = None,
+    **conventions: Any
 ) -> None:
     """Give ranks whose shard was empty an empty accumulator of the right size, so every rank
     joins the same all-reduces (one rank with no data must not hang the others)."""
@@ -65,7 +74,8 @@ def _agree_on_dimensions(
         raise CollapseProbeError("the loader yielded no batches on any rank")
     for key, dim in zip(keys, sizes[1:].tolist(), strict=True):
         if key not in accumulators and dim > 0:
-            accumulators[key] = CovarianceAccumulator(dim, device=device, layer=None if key == OUTPUT else key, **conventions)
+            accumulators[key] = _new_accumulator(dim, groups, device=device, layer=None if key == OUTPUT else key,
+                                                 **conventions)
 
 
 def spectrum(
@@ -84,6 +94,7 @@ def spectrum(
     progress: bool = True,
     skip_nonfinite: bool = False,
     repeated_calls: str = "error",
+    groups: int | None = None,
 ) -> Spectrum | dict[str, Spectrum]:
     """Covariance spectra of a model's embeddings, streamed over a loader in O(d^2) memory.
 
@@ -127,6 +138,11 @@ def spectrum(
             ``"first"`` / ``"last"`` probe only that call (recorded in ``Spectrum.extra``);
             ``"each"`` probes every call as its own spectrum, keyed ``"name#0"``, ``"name#1"``, ...
             (the result is then always a dict).
+        groups: K >= 2 for error bars: batch i goes to group ``i mod K`` (K accumulators per layer,
+            O(K d^2) memory, no extra work per batch) and each result's ``stderr`` holds every
+            scalar metric's delete-a-group jackknife standard error (K + 1 eigen-solves per layer
+            instead of one). The spectrum itself is the ungrouped one (to round-off). Needs at
+            least K batches. ``None`` (default): no groups, ``stderr`` empty.
 
     Returns:
         A :class:`Spectrum`, or ``dict[str, Spectrum]`` when ``layers`` is a list (or
@@ -143,6 +159,8 @@ def spectrum(
         raise CollapseProbeError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
     if repeated_calls not in REPEATED_CALLS:
         raise CollapseProbeError(f"unknown repeated_calls {repeated_calls!r}; use one of {', '.join(REPEATED_CALLS)}")
+    if groups is not None and groups < 2:
+        raise CollapseProbeError(f"groups must be at least 2 for a jackknife standard error, got {groups}")
     if max_samples is not None and max_samples < 2:
         raise CollapseProbeError(f"max_samples must be at least 2, got {max_samples}")
     if layers is not None and not isinstance(layers, str) and len(layers) == 0:
@@ -159,7 +177,7 @@ def spectrum(
     first_of_tuple[OUTPUT] = from_transformers(model)
     mask: torch.Tensor | None = None  # this batch's attention_mask, read by capture() during its forward
     masked: set[str] = set()  # layers whose tokens were pooled over an attention mask
-    accumulators: dict[str, CovarianceAccumulator] = {}
+    accumulators: dict[str, CovarianceAccumulator | GroupedAccumulator] = {}
     calls_seen: dict[str, int] = {}  # the most calls per forward of each layer
     remaining = max_samples if max_samples is not None else float("inf")
     captured: dict[str, list[torch.Tensor]] = {}
@@ -174,8 +192,8 @@ def spectrum(
 
     def accumulate(key: str, layer: str, z: torch.Tensor) -> None:
         if key not in accumulators:
-            accumulators[key] = CovarianceAccumulator(
-                z.shape[1], device=device, center=center, normalize=normalize,
+            accumulators[key] = _new_accumulator(
+                z.shape[1], groups, device=device, center=center, normalize=normalize,
                 layer=None if layer == OUTPUT else key, skip_nonfinite=skip_nonfinite,
             )
         accumulators[key].update(z[: int(min(remaining, z.shape[0]))])
@@ -228,7 +246,7 @@ def spectrum(
     else:
         keys = names or [OUTPUT]
     if _is_distributed():
-        _agree_on_dimensions(accumulators, keys, batches, device, center=center, normalize=normalize,
+        _agree_on_dimensions(accumulators, keys, batches, device, groups, center=center, normalize=normalize,
                              skip_nonfinite=skip_nonfinite)
     elif batches == 0:
         raise CollapseProbeError("the loader yielded no batches")
@@ -237,7 +255,10 @@ def spectrum(
         raise CollapseProbeError(f"layers {missing} never ran during the forward pass; pick modules on the forward path")
     for key in keys:
         accumulators[key].sync()
-    solved = solve_spectra([accumulators[key] for key in keys])
+    if groups is None:
+        solved = solve_spectra([accumulators[key] for key in keys])
+    else:  # the full spectrum plus K leave-one-group-out solves per layer
+        solved = [accumulators[key].compute() for key in keys]
     solved = [_note_calls(s, key, calls_seen, repeated_calls) for s, key in zip(solved, keys, strict=True)]
     solved = [_note_mask(s, key, masked) for s, key in zip(solved, keys, strict=True)]
     if repeated_calls == "each" and names:

@@ -138,7 +138,8 @@ def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | Non
     """One line per layer: name, role, dim, N, effective rank, RankMe, collapsed, unobserved, stable rank, alpha.
 
     ``collapsed`` is ``collapsed_dims/max_rank``: collapsed among the dimensions the samples show;
-    ``unobserved`` the ``d - max_rank`` dimensions N samples cannot show (N - 1 < d).
+    ``unobserved`` the ``d - max_rank`` dimensions N samples cannot show (N - 1 < d). A metric
+    with a standard error (``Spectrum.stderr``: probed with groups) shows as ``value +- se``.
 
     >>> z = torch.randn(400, 4, dtype=torch.float64)
     >>> print(format_table({"fc": Spectrum.from_embeddings(z)}, {"fc": "representation"}))  # doctest: +ELLIPSIS
@@ -154,6 +155,8 @@ def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | Non
             value = m[key]
             if key == "collapsed_dims":
                 cells.append(f"{value}/{s.max_rank}")
+            elif isinstance(value, float) and key in s.stderr:  # probed with groups: value +- jackknife SE
+                cells.append("nan" if math.isnan(value) else f"{value:.2f} +- {s.stderr[key]:.2f}")
             elif isinstance(value, float):
                 cells.append("nan" if math.isnan(value) else f"{value:.2f}")
             else:

@@ -42,6 +42,11 @@ class Spectrum:
         dtype: accumulation dtype; ``input_dtype``: the least precise embedding dtype seen.
         layer: the probed module's name (``None`` for the model output).
         n_skipped_nonfinite: rows dropped for NaN/Inf (only with ``skip_nonfinite=True``).
+        unit_variances: (d,) float64 per-dimension variance (divisor N - 1) of the L2-normalised
+            rows ``z / ||z||``, tracked whatever ``normalize`` says; ``None`` in files written
+            before it existed.
+        stderr: metric name -> delete-a-group jackknife standard error (``spectrum(..., groups=K)``,
+            :class:`~collapse_probe.grouped.GroupedAccumulator`); empty without groups.
 
     >>> z = torch.randn(1000, 8, dtype=torch.float64) @ torch.diag(torch.tensor([1.0] * 4 + [0.0] * 4, dtype=torch.float64))
     >>> s = Spectrum.from_embeddings(z)
@@ -62,6 +67,8 @@ class Spectrum:
     layer: str | None = None
     n_skipped_nonfinite: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    unit_variances: torch.Tensor | None = None
+    stderr: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------ basics
     @property
@@ -140,6 +147,28 @@ class Spectrum:
         """
         return cpf.rankme(self.uncentered_singular_values[: min(self.n_samples, self.dim)])
 
+    def rankme_with_eps(self, eps: float = cpf.RANKME_EPS) -> float:
+        """RankMe with another epsilon: :attr:`rankme` is ``rankme_with_eps(1e-7)`` (Garrido et al.).
+
+        stable-pretraining's ``RankMe`` callback adds ``1e-5`` (``rankme_with_eps(1e-5)``); the
+        eps is added to each of the ``min(N, d)`` normalised singular values, so a larger eps
+        raises a collapsed embedding's score (by about ``d * eps * (1 - log(eps))`` in entropy).
+        """
+        return cpf.rankme(self.uncentered_singular_values[: min(self.n_samples, self.dim)], eps=eps)
+
+    def effective_rank_of_eigenvalues(self, eps: float = cpf.RANKME_EPS) -> float:
+        """The entropy rank of the covariance *eigenvalues*, as reptrix 0.1.0 reports "rankme".
+
+        ``exp(-sum_k p_k log p_k)``, ``p_k = lambda_k / sum_j lambda_j + eps`` over the ``min(N, d)``
+        eigenvalues (reptrix's PCA components, eps 1e-7 on each), the centred covariance when
+        ``center``. It is neither :attr:`rankme` (uncentred singular values) nor
+        :attr:`effective_rank` (square roots of the eigenvalues): the squares sharpen the
+        distribution, so it is lower: 3.7x lower on all-MiniLM-L6-v2 sentence embeddings, 3.5x to
+        23x on power-law spectra ``i^-1`` to ``i^-2`` at d = 512 (docs/metrics.md). ``eps=0`` gives
+        the plain entropy.
+        """
+        return cpf.effective_rank_of_eigenvalues(self.eigenvalues[: min(self.n_samples, self.dim)], eps=eps)
+
     @cached_property
     def stable_rank(self) -> float:
         """``sum(lambda) / max(lambda)`` of the covariance eigenvalues."""
@@ -188,8 +217,26 @@ class Spectrum:
             fit_range = (1, self.numerical_rank())
             if fit_range[1] < 2:
                 return cpf.PowerLawFit(math.nan, math.nan, math.nan, *fit_range)
+        return self.power_law(ranks=fit_range)
+
+    def power_law(self, ranks: tuple[int, int] | None = None, weighting: str = "none") -> cpf.PowerLawFit:
+        """Power-law fit ``lambda_i ~ i^-alpha`` of the eigenvalues, in either field convention.
+
+        * ``power_law()`` (= :meth:`alpha_req`): ordinary least squares of ``log lambda_i`` on
+          ``log i`` over ranks 1 .. ``numerical_rank()``;
+        * ``power_law(ranks=(11, 100), weighting="inverse_rank")``: the alpha-ReQ authors' code and
+          reptrix's ``get_alpha``: weighted least squares with weights ``1 / i`` over ranks 11..100
+          (needs d >= 100). The two differ a lot on real embeddings (57% on MiniLM: docs/metrics.md).
+
+        ``ranks`` is 1-based and inclusive. With the default range, NaNs when fewer than two
+        eigenvalues are non-zero; an explicit range that cannot be fitted raises.
+        """
+        if ranks is None:
+            ranks = (1, self.numerical_rank())
+            if ranks[1] < 2:
+                return cpf.PowerLawFit(math.nan, math.nan, math.nan, *ranks)
         try:
-            return cpf.power_law_fit(self.eigenvalues, fit_range)
+            return cpf.power_law_fit(self.eigenvalues, ranks, weighting=weighting)
         except ValueError as error:
             raise CollapseProbeError(str(error)) from None
 
@@ -197,9 +244,13 @@ class Spectrum:
     def std_of_l2_normalized(self) -> float | None:
         """Mean per-dimension std of L2-normalised embeddings (~1/sqrt(d) healthy, 0 collapsed).
 
-        ``mean_j sqrt(C_jj)``; defined only for spectra computed with ``normalize=True`` and
-        ``center=True``, otherwise ``None``.
+        ``mean_j std_j(z / ||z||)``, std with divisor N - 1: lightly's ``std_of_l2_normalized``
+        on the raw embeddings, whatever ``normalize`` and ``center`` say (the accumulator tracks the
+        normalised rows' per-dimension moments alongside, O(d)). Spectrum files written before
+        that was tracked give it only when ``normalize=True`` and ``center=True``, else ``None``.
         """
+        if self.unit_variances is not None:
+            return cpf.mean_std_of_normalized(self.unit_variances)
         if not (self.normalize and self.center):
             return None
         return cpf.mean_std_of_normalized(self.variances)
@@ -225,7 +276,7 @@ class Spectrum:
             "alpha_r2": fit.r2,
             "std_of_l2_normalized": self.std_of_l2_normalized,
             "rtol": self.default_rtol(),
-        }
+        } | {f"{name}_se": se for name, se in self.stderr.items()}
 
     def conventions(self) -> dict[str, Any]:
         """How the numbers were computed: centring, normalisation, ddof, dtypes, what eigenvalues mean."""
@@ -258,7 +309,8 @@ class Spectrum:
             "mean": self.mean.tolist(),
             "variances": self.variances.tolist(),
             "extra": self.extra,
-        }
+        } | ({} if self.unit_variances is None else {"unit_variances": self.unit_variances.tolist()}) | (
+            {"stderr": json_safe(self.stderr)} if self.stderr else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Spectrum:
@@ -280,6 +332,8 @@ class Spectrum:
             layer=data.get("layer"),
             n_skipped_nonfinite=int(conventions.get("n_skipped_nonfinite", 0)),
             extra=dict(data.get("extra", {})),
+            unit_variances=None if data.get("unit_variances") is None else _as_float64_tensor(data["unit_variances"]),
+            stderr={name: math.nan if se is None else float(se) for name, se in data.get("stderr", {}).items()},
         )
 
     def save(self, path: str | Path) -> Path:
@@ -309,6 +363,7 @@ class Spectrum:
         eigenvalues: torch.Tensor | None = None,
         uncentered_singular_values: torch.Tensor | None = None,
         extra: Mapping[str, Any] | None = None,
+        stderr: Mapping[str, float] | None = None,
     ) -> Spectrum:
         """The spectrum of finalised :class:`~collapse_probe.moments.Moments`.
 
@@ -334,6 +389,8 @@ class Spectrum:
             layer=moments.layer,
             n_skipped_nonfinite=moments.n_skipped_nonfinite,
             extra=dict(extra or {}),
+            unit_variances=None if moments.unit_m2 is None else moments.unit_variances().to(**as_cpu),
+            stderr=dict(stderr or {}),
         )
 
     @classmethod
