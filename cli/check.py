@@ -6,10 +6,6 @@ import click
 from collapse_probe_cli import options
 from collapse_probe_cli.errors import EXIT_CHECK_FAILED
 
-from collapse_probe.checks import run_checks, validate_bounds, write_junit_xml, write_report_json
-from collapse_probe.pipeline import load_or_probe
-from collapse_probe.reports import is_spectrum_file, load_spectra
-
 
 @click.command("check")
 @click.argument("source", metavar="CKPT|SPECTRUM.json", type=click.Path(dir_okay=False))
@@ -48,6 +44,15 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.1
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.05 --max-drop-sigma 3
     """
+    from collapse_probe.checks import (
+        run_checks,
+        validate_bounds,
+        write_junit_xml,
+        write_report_json,
+    )
+    from collapse_probe.pipeline import load_or_probe
+    from collapse_probe.reports import is_spectrum_file, load_spectra
+
     validate_bounds(min_effective_rank=min_effective_rank, min_rankme=min_rankme,
                     max_collapsed_fraction=max_collapsed_fraction, has_baseline=baseline is not None,
                     max_drop=max_drop, max_drop_sigma=max_drop_sigma)

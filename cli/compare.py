@@ -7,14 +7,6 @@ import json
 import click
 from collapse_probe_cli import options
 
-from collapse_probe.pipeline import compare_sources
-from collapse_probe.reports import (
-    finite_metrics,
-    format_table,
-    sample_limit_notes,
-    write_comparison,
-)
-
 
 @click.command("compare")
 @click.argument("sources", nargs=-1, required=True, metavar="CKPT|SPECTRUM.json...")
@@ -35,6 +27,14 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
       collapse-probe compare simclr.pt directclr.pt --data builtin:digits --image-size 32 --out cmp
       collapse-probe compare runA/spectrum.json runB/spectrum.json --out cmp
     """
+    from collapse_probe.pipeline import compare_sources
+    from collapse_probe.reports import (
+        finite_metrics,
+        format_table,
+        sample_limit_notes,
+        write_comparison,
+    )
+
     probe_values, _ = options.split_probe_values(values)
     needs_data = any(not s.lower().endswith(".json") for s in sources)
     config = options.probe_config(probe_values, quiet_run=quiet) if needs_data else None

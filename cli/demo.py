@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from collapse_probe.demo import VARIANTS, DemoConfig, run_demo
+from collapse_probe.demo import VARIANTS
 
 
 @click.command("demo")
@@ -28,6 +28,8 @@ def demo(out: str, epochs: int | None, variants: tuple[str, ...], seed: int, dev
       collapse-probe demo --out demo_out
       collapse-probe demo --epochs 5 --variant directclr --out quick
     """
+    from collapse_probe.demo import DemoConfig, run_demo
+
     config = DemoConfig(out=out, variants=variants or tuple(VARIANTS), epochs=epochs, seed=seed, device=device,
                         max_steps_per_epoch=max_steps_per_epoch)
     result = run_demo(config)

@@ -7,16 +7,6 @@ from pathlib import Path
 import click
 from collapse_probe_cli import options
 
-from collapse_probe.reports import (
-    ProbeResult,
-    format_table,
-    json_report,
-    load_embeddings,
-    sample_limit_notes,
-    write_outputs,
-)
-from collapse_probe.result import Spectrum
-
 
 @click.command("embeddings")
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -37,6 +27,16 @@ def embeddings(file: str, key: str | None, name: str | None, center: bool, norma
       collapse-probe embeddings val_embeddings.npy --out probe_out
       collapse-probe embeddings feats.safetensors --key projector --normalize --json
     """
+    from collapse_probe.reports import (
+        ProbeResult,
+        format_table,
+        json_report,
+        load_embeddings,
+        sample_limit_notes,
+        write_outputs,
+    )
+    from collapse_probe.result import Spectrum
+
     label = name or Path(file).stem
     z = load_embeddings(file, key)
     result = ProbeResult({label: Spectrum.from_embeddings(z, center=center, normalize=normalize, layer=label)},

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.pipeline import DataConfig, ProbeConfig
+
+if TYPE_CHECKING:  # collapse_probe.pipeline imports torch: only when a command runs, never for --help
+    from collapse_probe.pipeline import ProbeConfig
 
 F = Callable[..., Any]
 
@@ -77,6 +79,8 @@ probe_options = _stack(data, arch, layer, batch_size, workers, device, precision
 
 def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
     """Build the :class:`ProbeConfig` from the parsed ``probe_options`` values."""
+    from collapse_probe.pipeline import DataConfig, ProbeConfig
+
     if not values.get("data"):
         raise CollapseProbeError("--data DIR (or builtin:NAME) is needed to probe a checkpoint")
     data_config = DataConfig(

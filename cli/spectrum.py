@@ -5,9 +5,6 @@ from __future__ import annotations
 import click
 from collapse_probe_cli import options
 
-from collapse_probe.pipeline import probe_checkpoint
-from collapse_probe.reports import format_table, json_report, sample_limit_notes, write_outputs
-
 
 @click.command("spectrum")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
@@ -31,6 +28,9 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
       collapse-probe spectrum r18.safetensors --arch resnet18 --data builtin:digits \\
           --image-size 32 --layer layer3 --layer fc --json
     """
+    from collapse_probe.pipeline import probe_checkpoint
+    from collapse_probe.reports import format_table, json_report, sample_limit_notes, write_outputs
+
     probe_values, _ = options.split_probe_values(values)
     config = options.probe_config(probe_values, quiet_run=quiet)
     result = probe_checkpoint(checkpoint, config)

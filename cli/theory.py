@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from collapse_probe.theory.depth import DEPTH_STEPS, DepthConfig
-from collapse_probe.theory.report import TheoryReport, strong_augmentation_report, two_layer_report
-from collapse_probe.theory.simulate import (
-    STRONG_AUG_STEPS,
-    TWO_LAYER_STEPS,
-    StrongAugConfig,
-    TwoLayerConfig,
-)
+from collapse_probe.theory.defaults import DEPTH_STEPS, STRONG_AUG_STEPS, TWO_LAYER_STEPS
+
+if TYPE_CHECKING:
+    from collapse_probe.theory.report import TheoryReport
 
 F = Callable[..., Any]
 
@@ -83,6 +79,9 @@ def strong_aug(out: str, dim: int, n_samples: int, batch_size: int, temperature:
       collapse-probe theory strong-aug --out theory_out
       collapse-probe theory strong-aug --noise 0.01 --noise 1.5 --steps 10000 --out paper_run
     """
+    from collapse_probe.theory.report import strong_augmentation_report
+    from collapse_probe.theory.simulate import StrongAugConfig
+
     config = StrongAugConfig(
         dim=dim, n_samples=n_samples, batch_size=batch_size, temperature=temperature, seed=seed, device=device,
         noise_levels=noise_levels or StrongAugConfig.noise_levels, noise_from=noise_from, steps=steps, lr=lr,
@@ -123,6 +122,10 @@ def two_layer(out: str, dim: int, n_samples: int, batch_size: int, temperature: 
       collapse-probe theory two-layer --out theory_out
       collapse-probe theory two-layer --steps 10000 --depth-steps 0 --out paper_run
     """
+    from collapse_probe.theory.depth import DepthConfig
+    from collapse_probe.theory.report import two_layer_report
+    from collapse_probe.theory.simulate import TwoLayerConfig
+
     shared = dict(dim=dim, n_samples=n_samples, batch_size=batch_size, temperature=temperature, seed=seed, device=device)
     config = TwoLayerConfig(**shared, noise=noise, steps=steps, lr=lr, init_decay=init_decay, record_every=record_every)
     depth_config = None

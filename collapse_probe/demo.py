@@ -15,16 +15,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, Any
 
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.global_state import restored_global_state
-from collapse_probe.plot import plot_spectra
-from collapse_probe.probe import spectrum
-from collapse_probe.result import Spectrum
+
+if TYPE_CHECKING:  # the heavy modules load when the demo runs: VARIANTS is read by `--help`
+    import pandas as pd
+
+    from collapse_probe.result import Spectrum
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "simclr-mlp": {"method": "simclr", "projector": "mlp"},
@@ -70,6 +68,7 @@ def _variant_config(name: str, config: DemoConfig, out: Path) -> Any:
 
 def _probe_variant(model: Any, data: str, image_size: int) -> tuple[dict[str, Spectrum], float]:
     """Both spaces' spectra on the held-out split, and kNN top-1 of the representation."""
+    from collapse_probe.probe import spectrum
     from collapse_probe.ssl.data import eval_loader
     from collapse_probe.ssl.evaluate import extract_features, knn_accuracy
 
@@ -92,11 +91,16 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
         collapsed_dims, knn_top1. Process-wide settings (torch threads, random generators, ...)
         are as the caller had them afterwards, whether it returns or raises.
     """
+    from collapse_probe.global_state import restored_global_state
+
     with restored_global_state():
         return _run_demo(config, progress=progress)
 
 
 def _run_demo(config: DemoConfig, *, progress: bool) -> DemoResult:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
     from collapse_probe.ssl.loop import train
 
     unknown = [v for v in config.variants if v not in VARIANTS]
@@ -133,6 +137,8 @@ def _run_demo(config: DemoConfig, *, progress: bool) -> DemoResult:
 def draw_demo_figure(spectra: dict[str, dict[str, Spectrum]], path: Path, spaces: Sequence[str] = tuple(SPACES)) -> Path:
     """Representation and embedding spectra of every variant, side by side, largest = 1."""
     from matplotlib.figure import Figure
+
+    from collapse_probe.plot import plot_spectra
 
     figure = Figure(figsize=(12, 4.5), layout="constrained")
     axes = figure.subplots(1, len(spaces))

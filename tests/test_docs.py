@@ -10,9 +10,10 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def _commands(command: click.Command, path: tuple[str, ...] = ()):
-    if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from _commands(sub, (*path, name))
+    if isinstance(command, click.Group):  # list_commands/get_command: the top group loads lazily
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            yield from _commands(command.get_command(ctx, name), (*path, name))
     else:
         yield " ".join(path), command
 

@@ -5,10 +5,29 @@
 (4096, 4.8)
 """
 
-from collapse_probe.ssl.checkpoint import build_model_from_checkpoint, load_checkpoint
-from collapse_probe.ssl.config import TrainConfig, preset_config
-from collapse_probe.ssl.loop import NonFiniteLossError, TrainResult, TrainState, train
-from collapse_probe.ssl.model import SSLModel, build_model
+from typing import TYPE_CHECKING
+
+from collapse_probe.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from collapse_probe.ssl.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from collapse_probe.ssl.config import TrainConfig, preset_config
+    from collapse_probe.ssl.loop import NonFiniteLossError, TrainResult, TrainState, train
+    from collapse_probe.ssl.model import SSLModel, build_model
+
+# imported on first use: importing this package must not import torch (collapse_probe.lazy)
+__getattr__ = lazy_exports(__name__, {
+    "NonFiniteLossError": "collapse_probe.ssl.loop",
+    "SSLModel": "collapse_probe.ssl.model",
+    "TrainConfig": "collapse_probe.ssl.config",
+    "TrainResult": "collapse_probe.ssl.loop",
+    "TrainState": "collapse_probe.ssl.loop",
+    "build_model": "collapse_probe.ssl.model",
+    "build_model_from_checkpoint": "collapse_probe.ssl.checkpoint",
+    "load_checkpoint": "collapse_probe.ssl.checkpoint",
+    "preset_config": "collapse_probe.ssl.config",
+    "train": "collapse_probe.ssl.loop",
+})
 
 __all__ = [
     "NonFiniteLossError",

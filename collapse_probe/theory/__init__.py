@@ -16,24 +16,50 @@
 torch.Size([1, 16])
 """
 
-from collapse_probe.theory.depth import DepthConfig, DepthResult, DepthRun, simulate_depth
-from collapse_probe.theory.quantities import (
-    Lemma2Terms,
-    alignment_error,
-    alignment_matrix,
-    conserved_quantity,
-    infonce_x_matrix,
-    lemma2_terms,
-    matched_alignment,
-)
-from collapse_probe.theory.simulate import (
-    StrongAugConfig,
-    StrongAugResult,
-    TwoLayerConfig,
-    TwoLayerResult,
-    simulate_strong_augmentation,
-    simulate_two_layer,
-)
+from typing import TYPE_CHECKING
+
+from collapse_probe.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from collapse_probe.theory.depth import DepthConfig, DepthResult, DepthRun, simulate_depth
+    from collapse_probe.theory.quantities import (
+        Lemma2Terms,
+        alignment_error,
+        alignment_matrix,
+        conserved_quantity,
+        infonce_x_matrix,
+        lemma2_terms,
+        matched_alignment,
+    )
+    from collapse_probe.theory.simulate import (
+        StrongAugConfig,
+        StrongAugResult,
+        TwoLayerConfig,
+        TwoLayerResult,
+        simulate_strong_augmentation,
+        simulate_two_layer,
+    )
+
+# imported on first use: importing this package must not import torch (collapse_probe.lazy)
+__getattr__ = lazy_exports(__name__, {
+    "DepthConfig": "collapse_probe.theory.depth",
+    "DepthResult": "collapse_probe.theory.depth",
+    "DepthRun": "collapse_probe.theory.depth",
+    "Lemma2Terms": "collapse_probe.theory.quantities",
+    "StrongAugConfig": "collapse_probe.theory.simulate",
+    "StrongAugResult": "collapse_probe.theory.simulate",
+    "TwoLayerConfig": "collapse_probe.theory.simulate",
+    "TwoLayerResult": "collapse_probe.theory.simulate",
+    "alignment_error": "collapse_probe.theory.quantities",
+    "alignment_matrix": "collapse_probe.theory.quantities",
+    "conserved_quantity": "collapse_probe.theory.quantities",
+    "infonce_x_matrix": "collapse_probe.theory.quantities",
+    "lemma2_terms": "collapse_probe.theory.quantities",
+    "matched_alignment": "collapse_probe.theory.quantities",
+    "simulate_depth": "collapse_probe.theory.depth",
+    "simulate_strong_augmentation": "collapse_probe.theory.simulate",
+    "simulate_two_layer": "collapse_probe.theory.simulate",
+})
 
 __all__ = [
     "DepthConfig",

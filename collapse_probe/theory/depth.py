@@ -8,12 +8,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from collapse_probe.result import Spectrum
+from collapse_probe.theory.defaults import DEPTH_STEPS
 from collapse_probe.theory.linear import LinearChain, decaying_init, train_contrastive
 from collapse_probe.theory.setting import SimulationConfig, check, embedding_spectrum, setup
 
 __all__ = ["DEPTH_STEPS", "DepthConfig", "DepthResult", "DepthRun", "simulate_depth"]
 
-DEPTH_STEPS = 1000  # the paper: 10,000; timings in docs/theory.md
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from collapse_probe.result import Spectrum
+from collapse_probe.theory.defaults import STRONG_AUG_STEPS, TWO_LAYER_STEPS
 from collapse_probe.theory.linear import LinearChain, decaying_init, train_contrastive
 from collapse_probe.theory.quantities import (
     alignment_error,
@@ -49,9 +50,6 @@ __all__ = [
     "simulate_two_layer",
 ]
 
-# Seconds on a 2-core CPU are in docs/theory.md; the paper used 10,000 steps for every simulation.
-STRONG_AUG_STEPS = 2000
-TWO_LAYER_STEPS = 2000
 
 
 # --------------------------------------------------------------------------- strong augmentation
