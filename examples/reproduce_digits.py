@@ -4,7 +4,11 @@
 
 Trains SimCLR with the 2-layer MLP, linear and no projector, and DirectCLR, for the same budget
 (demo preset), then measures on the held-out split: linear-probe and kNN accuracy of the
-representation, effective rank and collapsed dims of the representation and the embedding.
+representation (on standardised and on raw features), effective rank (centred, and L2-normalised
+as in the public DirectCLR spectrum script) and collapsed dims of the representation and the
+embedding; plus untrained encoders (one per seed) and raw pixels as baselines.
+``--joint-batchnorm`` runs both views in one encoder pass (BatchNorm pools them) instead of one
+pass per view; ``--online-head sgd-bn`` is this project's earlier online classifier.
 Writes OUT/<method>-s<seed>/result.json per run (runs already done are skipped, so one
 invocation per seed can run in parallel), OUT/results.json, a markdown table (stdout) and
 OUT/spectra.png (final spectra, first seed).
@@ -19,7 +23,9 @@ import statistics
 import time
 
 import torch
+from torch import nn
 
+from collapse_probe import Spectrum
 from collapse_probe.ssl import build_model, preset_config, train
 from collapse_probe.ssl.data import eval_loader
 from collapse_probe.ssl.evaluate import extract_features, knn_accuracy, linear_probe
@@ -40,16 +46,55 @@ ABLATION = {
 ALL_METHODS = {**METHODS, **ABLATION}
 
 
-def evaluate(model, image_size: int) -> dict[str, float]:
-    train_x, train_y = extract_features(model.backbone, eval_loader("builtin:digits", "train", image_size), device="cpu")
-    val_x, val_y = extract_features(model.backbone, eval_loader("builtin:digits", "val", image_size), device="cpu")
-    return {"linear_top1": linear_probe(train_x, train_y, val_x, val_y).top1,
-            "knn_top1": knn_accuracy(train_x, train_y, val_x, val_y, k=20, temperature=0.07)}
+def spectra(layer: str, features: torch.Tensor) -> dict[str, float]:
+    """Effective rank and collapsed dims, centred (this project's default) and L2-normalised first
+    (the public DirectCLR spectrum script's convention); both centred covariances, ddof 1."""
+    row = {}
+    for prefix, normalize in (("", False), ("l2_", True)):
+        s = Spectrum.from_embeddings(features.double(), normalize=normalize)
+        row[f"{layer}/{prefix}effective_rank"] = s.effective_rank
+        row[f"{layer}/{prefix}collapsed_dims"] = s.collapsed_dims()
+    return row
+
+
+def evaluate(encoder, image_size: int, embedder=None) -> dict[str, float]:
+    """Probes of ``encoder``'s features (the representation; raw pixels for nn.Flatten) on the
+    held-out split: linear probe on standardised and on raw features, kNN, and the spectra."""
+    def features(module, split):
+        return extract_features(module, eval_loader("builtin:digits", split, image_size), device="cpu")
+
+    (train_x, train_y), (val_x, val_y) = features(encoder, "train"), features(encoder, "val")
+    row = {"linear_top1": linear_probe(train_x, train_y, val_x, val_y).top1,
+           "linear_top1_unstandardized": linear_probe(train_x, train_y, val_x, val_y, standardize=False).top1,
+           "knn_top1": knn_accuracy(train_x, train_y, val_x, val_y, k=20, temperature=0.07),
+           **spectra("representation", val_x)}
+    if embedder is not None:
+        row.update(spectra("embedding", features(embedder, "val")[0]))
+    return row
 
 
 def spectrum_numbers(row: dict) -> dict[str, float]:
     keys = ("effective_rank", "collapsed_dims", "rankme", "dim")
     return {f"{layer}/{k}": row[f"{layer}/{k}"] for layer in ("representation", "embedding") for k in keys}
+
+
+def baselines(out: str, seeds: list[int]) -> None:
+    """Untrained encoders (one per seed) and raw pixels: what the architecture alone gives."""
+    image_size = preset_config("demo").image_size
+    runs = {f"random-init-s{seed}": ("random-init", seed) for seed in seeds}
+    runs["raw-pixels"] = ("raw-pixels", None)
+    for name, (method, seed) in runs.items():
+        run_dir = os.path.join(out, name)
+        if os.path.exists(os.path.join(run_dir, "result.json")):
+            continue
+        os.makedirs(run_dir, exist_ok=True)
+        if method == "random-init":
+            model, _ = build_model(preset_config("demo", seed=seed))
+            row = {"method": method, "seed": seed, **evaluate(model.backbone, image_size, embedder=model)}
+        else:  # the normalised 3 x 16 x 16 eval crops, flattened (768 dims, 256 distinct: the digits are gray)
+            row = {"method": method, "seed": None, **evaluate(nn.Flatten(), image_size)}
+        json.dump(row, open(os.path.join(run_dir, "result.json"), "w"), indent=1)
+        print(json.dumps(row), flush=True)
 
 
 def main() -> None:
@@ -59,6 +104,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS))
+    parser.add_argument("--joint-batchnorm", action="store_true",
+                        help="both views in one encoder pass (BatchNorm pools them); default: one pass per view")
+    parser.add_argument("--online-head", default="lars", choices=["lars", "sgd-bn"])
+    parser.add_argument("--no-baselines", action="store_true", help="skip the untrained-encoder and raw-pixel rows")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -68,21 +117,19 @@ def main() -> None:
             if os.path.exists(os.path.join(run_dir, "result.json")):
                 continue  # done already: several invocations (e.g. one per seed) can share --out
             config = preset_config("demo", epochs=args.epochs, seed=seed, threads=args.threads, out=run_dir,
+                                   joint_batchnorm=args.joint_batchnorm, online_head=args.online_head,
                                    **ALL_METHODS[name])
             start = time.time()
             result = train(config)
             row = {"method": name, "seed": seed, "epochs": args.epochs, "train_time_s": time.time() - start,
-                   **evaluate(result.model, config.image_size), **spectrum_numbers(result.metrics[-1]),
+                   "joint_batchnorm": args.joint_batchnorm, "online_head": args.online_head,
+                   **spectrum_numbers(result.metrics[-1]),  # the monitor's; evaluate() recomputes the same centred ones
+                   **evaluate(result.model.backbone, config.image_size, embedder=result.model),
                    "online_acc": result.metrics[-1].get("online_acc"), "loss": result.metrics[-1]["loss"]}
             json.dump(row, open(os.path.join(run_dir, "result.json"), "w"), indent=1)
             print(json.dumps(row), flush=True)
-    # untrained encoder: how much of the accuracy the architecture alone gives
-    baseline = os.path.join(args.out, "random-init-s0")
-    if not os.path.exists(os.path.join(baseline, "result.json")):
-        os.makedirs(baseline, exist_ok=True)
-        model, _ = build_model(preset_config("demo", seed=0))
-        row = {"method": "random-init", "seed": 0, **evaluate(model, preset_config("demo").image_size)}
-        json.dump(row, open(os.path.join(baseline, "result.json"), "w"), indent=1)
+    if not args.no_baselines:
+        baselines(args.out, args.seeds)
     results = [json.load(open(os.path.join(args.out, d, "result.json"))) for d in sorted(os.listdir(args.out))
                if os.path.exists(os.path.join(args.out, d, "result.json"))]
     json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=1)
@@ -114,11 +161,12 @@ def make_figure(out: str, seed: int, methods: list[str]):
 
 
 def print_table(results: list[dict]) -> None:
-    cols = ["linear_top1", "knn_top1", "representation/effective_rank", "representation/collapsed_dims",
-            "embedding/effective_rank", "embedding/collapsed_dims"]
+    cols = ["linear_top1", "linear_top1_unstandardized", "knn_top1", "representation/effective_rank",
+            "representation/l2_effective_rank", "representation/collapsed_dims",
+            "embedding/effective_rank", "embedding/l2_effective_rank", "embedding/collapsed_dims", "online_acc"]
     print("| method | seeds | " + " | ".join(cols) + " |")
     print("|" + "---|" * (len(cols) + 2))
-    for name in [*ALL_METHODS, "random-init"]:
+    for name in [*ALL_METHODS, "random-init", "raw-pixels"]:
         rows = [r for r in results if r["method"] == name]
         if not rows:
             continue

@@ -20,6 +20,7 @@ LOSSES = ("info_nce", "nt_xent")
 ARCHS = ("resnet18", "resnet50", "smallcnn")
 AUGMENTS = ("pil", "tensor")
 PRECISIONS = ("auto", "fp32", "bf16")
+ONLINE_HEADS = ("lars", "sgd-bn")
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -62,7 +63,13 @@ class TrainConfig:
     momentum: float = _opt(0.9, "LARS momentum.")
     trust_coefficient: float = _opt(0.001, "LARS trust coefficient eta.")
     online_probe: bool = _opt(True, "Train a linear classifier on the detached representation alongside.")
-    online_lr: float = _opt(0.1, "Peak learning rate of the online classifier (momentum SGD, same schedule).")
+    online_lr: float = _opt(0.1, "Peak learning rate of the sgd-bn online classifier (momentum SGD, same schedule).")
+    online_head: str = _opt(
+        "lars", "lars: a Linear on view 1's representation in the LARS group at --lr (DirectCLR code); "
+        "sgd-bn: BatchNorm (no affine) + Linear on both views, momentum SGD at --online-lr.", choices=ONLINE_HEADS)
+    joint_batchnorm: bool = _opt(
+        False, "One encoder pass on both views concatenated, so BatchNorm statistics pool the two views "
+        "(default: one pass per view, as the DirectCLR code; docs/reproduction.md has the measured difference).")
     max_steps_per_epoch: int | None = _opt(None, "Cut each epoch after this many steps (quick checks, benchmarks).")
     # run
     out: str = _opt("runs/train", "Output folder: checkpoint.pt, metrics.jsonl, spectra plot.")
@@ -92,6 +99,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": {},
     # A CPU run of a few minutes on the bundled digits (8 x 8 originals, so 16-pixel crops lose
     # nothing): small CNN, batched tensor augmentations. A short run needs a larger LARS lr.
+    # Blur does nothing here: its sigma scales with the crop, U(0.1, 2.0) px at 224 px becomes
+    # U(0.007, 0.14) px at 16 px, and even sigma 0.14 puts a weight of 2.4e-11 on each neighbour
+    # of the 3-tap kernel. The two views differ by crop, flip, colour, grayscale and solarize only.
     "demo": dict(
         data="builtin:digits", arch="smallcnn", width=32, image_size=16, augment="tensor",
         epochs=20, batch_size=128, lr=8.0, warmup_epochs=1.0, weight_decay=1e-5,
@@ -127,7 +137,7 @@ def validate(config: TrainConfig, *, rep_dim: int | None = None, world_size: int
     collapse_probe.errors.CollapseProbeError: --d0 must be between 1 and the representation size 128, got 0
     """
     for name, allowed in (("method", METHODS), ("projector", PROJECTORS), ("loss", LOSSES), ("arch", ARCHS),
-                          ("augment", AUGMENTS), ("precision", PRECISIONS)):
+                          ("augment", AUGMENTS), ("precision", PRECISIONS), ("online_head", ONLINE_HEADS)):
         value = getattr(config, name)
         if value not in allowed:
             raise CollapseProbeError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")

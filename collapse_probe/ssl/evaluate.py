@@ -58,11 +58,15 @@ def linear_probe(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     seed: int = 0,
+    standardize: bool = True,
 ) -> ProbeResult:
     """Multinomial logistic regression on standardised features, trained with AdamW.
 
     Features are standardised with the training set's per-dimension mean and std (std floored
     at 1e-6, so collapsed dimensions stay zero); the learning rate follows a cosine schedule.
+    ``standardize=False`` trains on the raw features, as the paper's linear evaluation does:
+    standardising rescales every direction to unit variance, so it can hide collapse (a
+    direction with variance 1e-8 becomes as easy to read as any other; see the test).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> x = torch.randn(200, 5, generator=g); y = (x[:, 0] > 0).long()
@@ -70,12 +74,16 @@ def linear_probe(
     True
     """
     device = torch.device(device or "cpu")
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    xs, xv = ((train_x - mean) / std).to(device), ((val_x - mean) / std).to(device)
+    if standardize:
+        mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+        train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+    xs, xv = train_x.to(device), val_x.to(device)
     ys, yv = train_y.to(device), val_y.to(device)
     num_classes = int(max(int(train_y.max()), int(val_y.max()))) + 1
     generator = torch.Generator().manual_seed(seed)
-    head = nn.Linear(xs.shape[1], num_classes).to(device)
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation is seeded too, without touching the caller's RNG
+        torch.manual_seed(seed)
+        head = nn.Linear(xs.shape[1], num_classes).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(xs) / batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)

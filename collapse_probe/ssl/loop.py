@@ -79,15 +79,54 @@ class TrainResult:
 
 
 class _TrainNet(nn.Module):
-    """The model plus the online classifier, so DDP syncs both; the loss stays outside."""
+    """The model plus the online classifier, so DDP syncs both; the loss stays outside.
 
-    def __init__(self, model: SSLModel, head: nn.Module | None):
+    ``forward(x1, x2)`` returns ``(z, logits)`` with ``z = [z1; z2]`` (2 B, K). By default each
+    view goes through the encoder on its own, as in the DirectCLR code, so every BatchNorm
+    normalises a view by that view's batch statistics (and updates its running statistics twice
+    per step). ``joint_batchnorm=True`` runs ``[x1; x2]`` in one pass: BatchNorm then pools the
+    two views' statistics. The online head sees the detached representation of view 1
+    (``head_views=1``, the DirectCLR code) or of both views (``head_views=2``).
+    """
+
+    def __init__(self, model: SSLModel, head: nn.Module | None, *, joint_batchnorm: bool = False, head_views: int = 1):
         super().__init__()
         self.model, self.head = model, head
+        self.joint_batchnorm, self.head_views = joint_batchnorm, head_views
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        r, z = self.model(x, return_representation=True)
-        return z, (self.head(r.detach()) if self.head is not None else None)
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.joint_batchnorm:
+            r, z = self.model(torch.cat([x1, x2]), return_representation=True)
+            r1 = r[: len(x1)]
+        else:
+            r1, z1 = self.model(x1, return_representation=True)
+            r2, z2 = self.model(x2, return_representation=True)
+            z = torch.cat([z1, z2])
+            r = torch.cat([r1, r2]) if self.head_views == 2 else r1
+        if self.head is None:
+            return z, None
+        return z, self.head((r if self.head_views == 2 else r1).detach())
+
+
+def online_head(kind: str, rep_dim: int, num_classes: int) -> nn.Module:
+    """The online classifier: ``lars`` (a Linear, as the DirectCLR code) or ``sgd-bn`` (BN without
+    affine + Linear, so one SGD learning rate suits any feature scale)."""
+    if kind == "lars":
+        return nn.Linear(rep_dim, num_classes)
+    return nn.Sequential(nn.BatchNorm1d(rep_dim, affine=False), nn.Linear(rep_dim, num_classes))
+
+
+def param_groups(model: nn.Module, head: nn.Module | None, config: TrainConfig) -> list[dict]:
+    """The optimiser's groups. ``online_head="lars"``: the head joins the model's LARS groups (its
+    weight gets LARS scaling and decay, its bias neither; peak lr ``config.lr``), as in the
+    DirectCLR code. ``"sgd-bn"``: a third group, plain momentum SGD at ``config.online_lr``."""
+    if head is None:
+        return lars_param_groups([model], config.weight_decay)
+    if config.online_head == "lars":
+        return lars_param_groups([model, head], config.weight_decay)
+    groups = lars_param_groups([model], config.weight_decay)
+    groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lars": False, "lr": config.online_lr})
+    return groups
 
 
 def _run(callbacks: Callbacks, event: str, state: TrainState) -> None:
@@ -153,18 +192,14 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
     if ckpt is not None and ckpt["arch"] != arch:
         raise CollapseProbeError(f"--resume: the checkpoint's architecture {ckpt['arch']} differs from this run's {arch}")
     stream = train_stream(config, dist, device)  # checks the data before any training
-    head = None
-    if config.online_probe:  # BN without affine first, so one learning rate suits any feature scale
-        head = nn.Sequential(nn.BatchNorm1d(arch["rep_dim"], affine=False), nn.Linear(arch["rep_dim"], stream.num_classes))
-    net = _TrainNet(model, head).to(device)
+    head = online_head(config.online_head, arch["rep_dim"], stream.num_classes) if config.online_probe else None
+    head_views = 1 if config.online_head == "lars" else 2
+    net = _TrainNet(model, head, joint_batchnorm=config.joint_batchnorm, head_views=head_views).to(device)
     cuda = device.type == "cuda"
     if config.channels_last:  # faster convolutions on CUDA and, measured, on this CPU too
         net = net.to(memory_format=torch.channels_last)
-    groups = lars_param_groups([model], config.weight_decay)
-    if head is not None:  # plain momentum SGD for the online classifier: no LARS scaling, no decay
-        groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lars": False, "lr": config.online_lr})
     optimizer = LARS(
-        groups, lr=config.lr, weight_decay=config.weight_decay,
+        param_groups(model, head, config), lr=config.lr, weight_decay=config.weight_decay,
         momentum=config.momentum, trust_coefficient=config.trust_coefficient,
     )
     steps_per_epoch = len(stream)
@@ -213,15 +248,15 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
         seen = 0
         finite = torch.ones((), dtype=torch.bool, device=device)
         for i, (x1, x2, y) in enumerate(stream.epoch(epoch)):
-            x = torch.cat([x1, x2])
             if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                x1 = x1.contiguous(memory_format=torch.channels_last)
+                x2 = x2.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                z, logits = train_net(x)
+                z, logits = train_net(x1, x2)  # per-view BatchNorm unless config.joint_batchnorm
             loss = global_loss(z, loss=config.loss, temperature=config.temperature)
             total = loss
             if logits is not None:
-                labels = torch.cat([y, y])
+                labels = torch.cat([y, y]) if head_views == 2 else y
                 total = total + F.cross_entropy(logits.float(), labels)
                 correct += (logits.detach().argmax(1) == labels).sum()
                 seen += labels.numel()

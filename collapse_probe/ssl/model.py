@@ -73,7 +73,7 @@ def architecture(config: TrainConfig, rep_dim: int) -> dict[str, Any]:
     d0 = config.d0
     if d0 is None and (directclr or projector in ("lowrank", "lowrank-diagonal")):
         d0 = default_d0(rep_dim)
-    return {
+    arch = {
         "backbone": config.arch,
         "small_stem": bool(config.small_stem),
         "width": int(config.width),
@@ -83,12 +83,16 @@ def architecture(config: TrainConfig, rep_dim: int) -> dict[str, Any]:
         "d0": d0,
         "rep_dim": rep_dim,
     }
+    if projector == "linear":  # bias-free, as the DirectCLR code; checkpoints without this key had a bias
+        arch["projector_bias"] = False
+    return arch
 
 
 def build_model_from_arch(arch: dict[str, Any], *, seed: int = 0) -> SSLModel:
     """A freshly initialised :class:`SSLModel` from a checkpoint-style ``arch`` dict."""
     backbone, _ = build_backbone(arch["backbone"], small_stem=arch.get("small_stem", False), width=arch.get("width", 32))
-    projector = build_projector(arch["projector"], list(arch["projector_dims"]), d0=arch.get("d0"), seed=seed)
+    projector = build_projector(arch["projector"], list(arch["projector_dims"]), d0=arch.get("d0"), seed=seed,
+                                bias=arch.get("projector_bias", True))
     d0 = arch.get("d0") if arch.get("method") == "directclr" else None
     return SSLModel(backbone, projector, d0=d0)
 

@@ -4,7 +4,7 @@
 name               map                                                   trainable     K
 =================  ====================================================  ============  =========
 mlp                Linear-BN-ReLU-Linear-BN (SimCLR)                     yes           out
-linear             one Linear                                            yes           out
+linear             one Linear, no bias (as the DirectCLR code)           yes           out
 none               no projector (``build_projector`` returns None)       --            D
 orthogonal         z = r W^T, W kept orthogonal by a parametrization     yes           D
 diagonal           z = r * w, w initialised to ones                      yes           D
@@ -81,8 +81,13 @@ def projector_dims(kind: str, rep_dim: int, *, out_dim: int = 128, hidden: int |
     return [rep_dim, rep_dim]
 
 
-def build_projector(kind: str, dims: list[int], *, d0: int | None = None, seed: int = 0) -> nn.Module | None:
+def build_projector(
+    kind: str, dims: list[int], *, d0: int | None = None, seed: int = 0, bias: bool = False
+) -> nn.Module | None:
     """Build projector ``kind`` with layer sizes ``dims`` (see :func:`projector_dims`).
+
+    ``bias`` applies to the ``linear`` projector only: ``False`` as in the DirectCLR code (its
+    ``single`` mode); ``True`` rebuilds checkpoints written before the bias was dropped.
 
     >>> p = build_projector("lowrank-diagonal", [8, 8], d0=3)
     >>> p(torch.ones(1, 8))
@@ -97,7 +102,7 @@ def build_projector(kind: str, dims: list[int], *, d0: int | None = None, seed: 
             nn.Linear(hidden, out, bias=False), nn.BatchNorm1d(out),
         )
     if kind == "linear":
-        return nn.Linear(dims[0], dims[-1])
+        return nn.Linear(dims[0], dims[-1], bias=bias)
     dim = dims[0]
     if kind == "orthogonal":
         return orthogonal(nn.Linear(dim, dim, bias=False))

@@ -43,7 +43,8 @@ def plot_strong_augmentation(result: StrongAugResult) -> Figure:
     ax_z.legend(fontsize=8)
     c = result.config
     fig.suptitle(
-        f"One linear layer, noise on input dims {c.noise_from}-{c.dim - 1}, {c.steps} SGD steps, lr {c.lr:g}",
+        f"One linear layer{' with bias' if c.bias else ''}, noise on input dims {c.noise_from}-{c.dim - 1}, "
+        f"{c.steps} SGD steps, lr {c.lr:g} (Figure 3's setting: the noisy dims shrink, none reaches zero)",
         fontsize=10,
     )
     return fig

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from collapse_probe.ssl.losses import info_nce
@@ -69,28 +70,32 @@ def decaying_init(
 
 
 class LinearChain(nn.Module):
-    """``z = W_L ... W_2 W_1 x``, square bias-free layers, optional ReLU between layers (not after the last).
+    """``z = W_L ... W_2 W_1 x (+ b)``, square layers, optional ReLU between layers (not after the last).
 
     Args:
         weights: the initial (dim, dim) matrices W_1 .. W_L (copied into parameters).
         relu: put a ReLU after every layer but the last.
+        bias: the initial (dim,) bias of the last layer (a trainable parameter); None: no bias,
+            as in the paper's analysis. The public strong-augmentation script's ``nn.Linear``
+            has one.
 
     >>> net = LinearChain([torch.eye(2), 2 * torch.eye(2)])
     >>> net(torch.ones(1, 2))
     tensor([[2., 2.]], grad_fn=<MmBackward0>)
     """
 
-    def __init__(self, weights: Sequence[torch.Tensor], *, relu: bool = False) -> None:
+    def __init__(self, weights: Sequence[torch.Tensor], *, relu: bool = False, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weights = nn.ParameterList([nn.Parameter(w.detach().clone()) for w in weights])
         self.relu = relu
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, weight in enumerate(self.weights):
             x = x @ weight.T
             if self.relu and index < len(self.weights) - 1:
                 x = torch.relu(x)
-        return x
+        return x + self.bias if self.bias is not None else x
 
     def matrices(self) -> list[torch.Tensor]:
         """Detached copies of W_1 .. W_L."""
@@ -109,6 +114,7 @@ def train_contrastive(
     generator: torch.Generator,
     callback: Callable[[int], None] | None = None,
     every: int = 10,
+    symmetric: bool = True,
 ) -> list[float]:
     """Train each model with SGD on InfoNCE between two noisy views of the same batch.
 
@@ -116,6 +122,8 @@ def train_contrastive(
     ``x + noise_std[m] * eps1`` and ``x + noise_std[m] * eps2`` (eps standard Gaussian, fresh per
     view and model). The loss of model m is ``info_nce(f_m(x1), f_m(x2), temperature,
     normalize=False)``; the summed loss is stepped with ``SGD(lr)`` (no momentum, no decay).
+    ``symmetric=False`` uses the row cross-entropy ``CE(z1 z2^T / t, I)`` alone, as the public
+    toy scripts do.
 
     Args:
         models: M modules mapping (B, d) to (B, k).
@@ -138,7 +146,7 @@ def train_contrastive(
     with single_threaded(data.device.type == "cpu"):
         return _sgd_loop(
             models, data, noise_std, optimizer, steps=steps, batch_size=batch_size,
-            temperature=temperature, generator=generator, callback=callback, every=every,
+            temperature=temperature, generator=generator, callback=callback, every=every, symmetric=symmetric,
         )
 
 
@@ -154,7 +162,9 @@ def _sgd_loop(
     generator: torch.Generator,
     callback: Callable[[int], None] | None,
     every: int,
+    symmetric: bool = True,
 ) -> list[float]:
+    loss_fn = info_nce if symmetric else _row_info_nce
     views_shape = (len(models), batch_size, data.shape[1])
     losses = torch.full((len(models),), math.nan)
     if callback is not None:
@@ -166,7 +176,7 @@ def _sgd_loop(
         x2 = batch + noise_std[:, None, :] * torch.randn(views_shape, generator=generator, device=data.device)
         per_model = torch.stack(
             [
-                info_nce(model(x1[m]), model(x2[m]), temperature=temperature, normalize=False)
+                loss_fn(model(x1[m]), model(x2[m]), temperature=temperature, normalize=False)
                 for m, model in enumerate(models)
             ]
         )
@@ -178,6 +188,14 @@ def _sgd_loop(
         if step == steps:
             losses = per_model.detach().cpu()
     return [float(v) for v in losses]
+
+
+def _row_info_nce(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float, normalize: bool = False) -> torch.Tensor:
+    """One-sided InfoNCE of the public toy scripts: ``CE(z1 z2^T / t, I)`` (rows only)."""
+    if normalize:
+        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    logits = z1 @ z2.T / temperature
+    return F.cross_entropy(logits, torch.arange(z1.shape[0], device=z1.device))
 
 
 def two_layer_gradient_flow(

@@ -55,6 +55,7 @@ def setup(config: SimulationConfig) -> tuple[torch.device, torch.Generator, torc
 
 def embedding_spectrum(model: LinearChain, data: torch.Tensor, layer: str) -> Spectrum:
     """Covariance spectrum of the model's embeddings of the clean data, computed in float64."""
+    # a bias shifts every embedding alike, so the centred covariance is that of the bias-free map
     exact = LinearChain([w.double() for w in model.matrices()], relu=model.relu)
     with torch.no_grad():
         return Spectrum.from_embeddings(exact(data.double()), layer=layer)

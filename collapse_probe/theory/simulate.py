@@ -59,6 +59,11 @@ class StrongAugConfig(SimulationConfig):
 
     W starts from nn.Linear's default distribution, U(-1/sqrt(d), 1/sqrt(d)), the same draw for
     every noise level.
+
+    ``bias=True`` adds a trainable bias, as the public script's ``nn.Linear`` has, drawn from the
+    same distribution with a generator of its own (seed + 1), so W(0) and every batch stay those
+    of the bias-free run. The bias is what collapses one direction beyond the 8 noisy ones
+    (docs/theory.md). ``one_sided=True`` trains on the row cross-entropy alone, as the script.
     """
 
     noise_levels: tuple[float, ...] = (0.01, 0.5, 1.0, 1.5, 3.0)
@@ -66,6 +71,8 @@ class StrongAugConfig(SimulationConfig):
     steps: int = STRONG_AUG_STEPS
     lr: float = 0.001
     x_batches: int = 16  # batches averaged for the final Lemma-1 matrix X
+    bias: bool = False
+    one_sided: bool = False
 
     def __post_init__(self) -> None:
         self._validate_common(self.steps, self.lr)
@@ -121,7 +128,7 @@ class StrongAugResult:
             "conventions": {
                 "weight_singular_values": "singular values of W (float64 SVD), descending",
                 "embedding_covariance_eigenvalues": "centred covariance of W x over the clean training inputs, ddof 1, float64",
-                "x_eigenvalues": "eigenvalues of X with dL/dW = -W X (Lemma 1), loss mean-reduced, averaged over x_batches batches; initial_ at W(0), else at the final W",
+                "x_eigenvalues": "eigenvalues of X with dL/dW = -W X (Lemma 1, symmetric loss, bias-free map z = W x), loss mean-reduced, averaged over x_batches batches; initial_ at W(0), else at the final W",
             },
             "seconds": self.seconds,
             "levels": levels,
@@ -154,13 +161,17 @@ def simulate_strong_augmentation(config: StrongAugConfig | None = None) -> Stron
     device, generator, data = setup(config)
     bound = config.dim**-0.5
     w0 = (torch.rand(config.dim, config.dim, generator=generator, device=device) * 2 - 1) * bound
-    models = [LinearChain([w0]).to(device) for _ in config.noise_levels]
+    b0 = None
+    if config.bias:  # its own generator: the batches and W(0) stay those of the bias-free run
+        bias_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+        b0 = (torch.rand(config.dim, generator=bias_generator, device=device) * 2 - 1) * bound
+    models = [LinearChain([w0], bias=b0).to(device) for _ in config.noise_levels]
     mask = (torch.arange(config.dim, device=device) >= config.noise_from).float()
     noise_std = torch.tensor(config.noise_levels, device=device)[:, None] * mask
     start = time.perf_counter()
     losses = train_contrastive(
         models, data, noise_std, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-        temperature=config.temperature, generator=generator,
+        temperature=config.temperature, generator=generator, symmetric=not config.one_sided,
     )
     seconds = time.perf_counter() - start
     final_w = [m.matrices()[0] for m in models]
