@@ -30,7 +30,8 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
     """Check collapse bounds on CKPT (probed on --data) or on a saved spectrum JSON.
 
     Exit code 0 when every check passes, 1 when one fails (each failure is printed with its
-    measured value and bound), 2 for a usage or input error. A saved spectrum.json (written by
+    measured value and bound) or the model's output holds NaN/Inf (unless --skip-nonfinite),
+    2 for a usage or input error. A saved spectrum.json (written by
     `collapse-probe spectrum --out`, or by a training job) needs no model, no data and no GPU.
 
     N images show at most N - 1 of a layer's d dimensions. When N - 1 < d, a verdict is given
@@ -58,7 +59,14 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
                     max_drop=max_drop, max_drop_sigma=max_drop_sigma)
     probe_values, _ = options.split_probe_values(values)
     config = None if is_spectrum_file(source) else options.probe_config(probe_values, quiet_run=quiet)
-    result = load_or_probe(source, config)
+    from collapse_probe.errors import NonFiniteEmbeddingError
+
+    try:
+        result = load_or_probe(source, config)
+    except NonFiniteEmbeddingError as error:  # NaN/Inf model output is a finding (exit 1), not bad input
+        click.echo(f"FAIL finite-output: {error}")
+        click.echo("0/1 checks passed; the model's output is not finite")
+        click.get_current_context().exit(EXIT_CHECK_FAILED)
     reference = load_spectra(baseline).spectra if baseline is not None else None
     results = run_checks(result.spectra, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
                          max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import click
+from collapse_probe_cli.options import check_out_folder
 
 from collapse_probe.demo import VARIANTS
 
 
 @click.command("demo")
-@click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False), help="Folder for demo.png, demo.csv, spectra JSON and checkpoints.")
+@click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False), callback=check_out_folder,
+              help="Folder for demo.png, demo.csv, spectra JSON and checkpoints (created and checked first).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs of each variant, same for all (default: the demo preset's 20).")
 @click.option("--variant", "variants", multiple=True, type=click.Choice(list(VARIANTS)), help="Train only these (repeatable; default: all three).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")

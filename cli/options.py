@@ -7,6 +7,8 @@ library's :class:`~collapse_probe.reports.ProbeConfig`.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +31,56 @@ def _stack(*decorators: F) -> F:
     return apply
 
 
-arch = click.option("--arch", metavar="NAME",
-                    help="Architecture for a bare state_dict: a torchvision name (resnet50, vit_b_16, ...), "
-                         "a timm name, or package.module:callable. Not needed for collapse-probe trainer "
-                         "checkpoints, TorchScript or torch.export files.")
+def ensure_writable_folder(path: str | os.PathLike, option: str = "--out") -> None:
+    """Create ``path`` (and its parents) and check a file can be written there, before any work.
+
+    Raises :class:`CollapseProbeError` naming the option, so a bad ``--out`` fails in one line
+    (exit 2) before a checkpoint is loaded or an image decoded.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise CollapseProbeError(f"{option} {os.fspath(path)}: a file of that name exists; give a folder") from None
+    except OSError as error:
+        raise CollapseProbeError(f"{option} {os.fspath(path)}: cannot create the folder ({error.strerror})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise CollapseProbeError(f"{option} {os.fspath(path)}: cannot write there ({error.strerror})") from None
+
+
+def check_out_folder(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``--out`` is created and checked while the options are parsed."""
+    if value is not None and not ctx.resilient_parsing:
+        ensure_writable_folder(value, param.opts[0])
+    return value
+
+
+def check_out_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: the folder of an output FILE is created and checked while the options are parsed."""
+    if value is not None and not ctx.resilient_parsing:
+        ensure_writable_folder(os.path.dirname(os.path.abspath(value)), param.opts[0])
+    return value
+
+
+def _importable_from_cwd(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``--arch module:callable`` finds ``module.py`` in the current folder, as ``python -m`` would."""
+    names = value if isinstance(value, tuple) else (value,)
+    if any(name and ":" in name for name in names) and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return value
+
+
+ARCH_HELP = ("Architecture for a bare state_dict: a torchvision name (resnet50, vit_b_16, ...), a timm name, "
+             "or module:callable (module.py may sit in the current folder). "
+             "Not needed for collapse-probe trainer checkpoints, "
+             "TorchScript or torch.export files.")
+arch = click.option("--arch", metavar="NAME", callback=_importable_from_cwd, help=ARCH_HELP)
+#: ``compare``: once for every checkpoint, or once per checkpoint in order.
+arch_per_checkpoint = click.option("--arch", multiple=True, metavar="NAME", callback=_importable_from_cwd,
+                                   help=ARCH_HELP + " Give it once for all checkpoints, or once per checkpoint, "
+                                        "in their order.")
 trust_checkpoint = click.option("--trust-checkpoint", is_flag=True,
                                 help="Allow full unpickling (can run arbitrary code: only for files you trust).")
 allow_partial = click.option("--allow-partial", is_flag=True,
@@ -62,19 +110,28 @@ repeated_calls = click.option(
     "--repeated-calls", type=click.Choice(["error", "first", "last"]), default="error", show_default=True,
     help="A probed layer that runs more than once per forward (siamese views, weight tying) would count "
          "several rows per image: refuse it (error), or probe only its first or last call.")
-strict = click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+strict = click.option("--strict", is_flag=True,
+                      help="Fail (exit 2) on an unreadable image instead of skipping and counting it.")
+skip_nonfinite = click.option("--skip-nonfinite", is_flag=True,
+                              help="Drop (and count) embeddings holding NaN/Inf instead of refusing the model.")
 groups = click.option(
     "--groups", type=click.IntRange(min=2), default=None, metavar="K",
     help="Error bars: batch i goes to group i mod K, and every metric gets a jackknife standard error "
          "(shown as value +- se; needed by check --max-drop-sigma). Costs K + 1 eigen-solves per layer.")
 out = click.option("--out", type=click.Path(file_okay=False), default="collapse_probe_out", show_default=True,
-                   metavar="DIR", help="Folder for the JSON, CSV and PNG outputs.")
+                   metavar="DIR", callback=check_out_folder,
+                   help="Folder for the JSON, CSV and PNG outputs (created and checked before any work).")
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table.")
-quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report on stderr.")
+quiet = click.option("--quiet", "-q", is_flag=True,
+                     help="Nothing on stderr but errors: no progress, report or warnings. One warning stays: "
+                          "a checkpoint loaded with --allow-partial is partly random, and says so even when quiet.")
 
+_probe_rest = _stack(layer, batch_size, workers, device, precision, image_size, resize, max_samples, normalize,
+                     repeated_calls, strict, skip_nonfinite, groups, trust_checkpoint, allow_partial)
 #: Everything needed to turn checkpoints and images into spectra.
-probe_options = _stack(data, arch, layer, batch_size, workers, device, precision, image_size, resize,
-                       max_samples, normalize, repeated_calls, strict, groups, trust_checkpoint, allow_partial)
+probe_options = _stack(data, arch, _probe_rest)
+#: The same with ``--arch`` once per checkpoint (``compare``).
+probe_options_per_checkpoint = _stack(data, arch_per_checkpoint, _probe_rest)
 
 
 def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
@@ -92,13 +149,13 @@ def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeCon
         data=data_config, arch=values["arch"], layers=tuple(values["layers"]), device=values["device"],
         precision=None if values["precision"] == "fp32" else values["precision"],
         normalize=values["normalize"], trust_checkpoint=values["trust_checkpoint"],
-        allow_partial=values["allow_partial"], repeated_calls=values["repeated_calls"], groups=values["groups"],
-        progress=not quiet_run,
+        allow_partial=values["allow_partial"], repeated_calls=values["repeated_calls"],
+        skip_nonfinite=values["skip_nonfinite"], groups=values["groups"], progress=not quiet_run,
     )
 
 
 PROBE_KEYS = ("data", "arch", "layers", "batch_size", "workers", "device", "precision", "image_size", "resize",
-              "max_samples", "normalize", "repeated_calls", "strict", "groups", "trust_checkpoint",
+              "max_samples", "normalize", "repeated_calls", "strict", "skip_nonfinite", "groups", "trust_checkpoint",
               "allow_partial")
 
 

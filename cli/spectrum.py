@@ -27,9 +27,16 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
       collapse-probe spectrum resnet50.pth --arch resnet50 --data val/ --max-samples 10000
       collapse-probe spectrum r18.safetensors --arch resnet18 --data builtin:digits \\
           --image-size 32 --layer layer3 --layer fc --json
+      collapse-probe spectrum nan_prone.pt --arch resnet18 --data val/ --skip-nonfinite
     """
     from collapse_probe.pipeline import probe_checkpoint
-    from collapse_probe.reports import format_table, json_report, sample_limit_notes, write_outputs
+    from collapse_probe.reports import (
+        format_table,
+        json_report,
+        nonfinite_notes,
+        sample_limit_notes,
+        write_outputs,
+    )
 
     probe_values, _ = options.split_probe_values(values)
     config = options.probe_config(probe_values, quiet_run=quiet)
@@ -44,8 +51,8 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
     elif not quiet:
         click.echo(format_table(result.spectra, result.roles))
     if not quiet:
-        for note in sample_limit_notes(result.spectra, "images"):
-            click.echo(note, err=True)
+        for note in [*nonfinite_notes(result.spectra), *sample_limit_notes(result.spectra, "images")]:
+            click.echo(f"Warning: {note}", err=True)
     if out is not None:
         paths = write_outputs(result, out)
         if not quiet:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
+from collapse_probe_cli.options import check_out_folder
 
 from collapse_probe.theory.defaults import DEPTH_STEPS, STRONG_AUG_STEPS, TWO_LAYER_STEPS
 
@@ -19,7 +20,8 @@ def _common(function: F) -> F:
     """Options every simulation shares (defaults of the paper's public simulations)."""
     options = [
         click.option("--out", type=click.Path(file_okay=False), default="theory_out", show_default=True,
-                     metavar="DIR", help="Folder for the PNG figures and the JSON of every number."),
+                     metavar="DIR", callback=check_out_folder,
+                     help="Folder for the PNG figures and the JSON of every number (created and checked first)."),
         click.option("--dim", type=click.IntRange(min=2), default=16, show_default=True, help="Input and embedding dimension."),
         click.option("--samples", "n_samples", type=click.IntRange(min=2), default=10_000, show_default=True,
                      help="Gaussian training inputs."),

@@ -68,6 +68,9 @@ def train(preset: str | None, resume: bool, **options: Any) -> None:
         config = dataclasses.replace(saved, **given, resume=True)
     else:
         config = preset_config(preset or "imagenet", **given, resume=resume)
+    from collapse_probe_cli.options import ensure_writable_folder
+
+    ensure_writable_folder(config.out)  # before the data is read or a step is taken
     result = run_training(config)
     if result.metrics:
         summary = {k: v for k, v in result.metrics[-1].items() if k != "spectra" and not isinstance(v, dict)}

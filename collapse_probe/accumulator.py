@@ -516,7 +516,7 @@ class CovarianceAccumulator:
             place = f"batch {first_batch}" + (f" on rank {first_rank}" if first_rank >= 0 else "")
             raise NonFiniteEmbeddingError(
                 f"non-finite embeddings (NaN/Inf) in {where}, first in {place} ({nonfinite} batches affected); "
-                "pass skip_nonfinite=True to drop such rows"
+                "pass skip_nonfinite=True (CLI: --skip-nonfinite) to drop such rows"
             )
         if self.batches_seen == 0:
             raise CollapseProbeError(f"no batches were accumulated for {where}: is the loader empty?")

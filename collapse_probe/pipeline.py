@@ -53,6 +53,7 @@ class ProbeConfig:
     trust_checkpoint: bool = False
     allow_partial: bool = False
     repeated_calls: str = "error"  # or "first" / "last": see spectrum(repeated_calls=...)
+    skip_nonfinite: bool = False  # drop (and count) NaN/Inf rows instead of refusing the model
     groups: int | None = None  # K groups for jackknife standard errors: see spectrum(groups=...)
     progress: bool = True
 
@@ -80,17 +81,64 @@ def _layer_plan(loaded_layers: Mapping[str, str], requested: Sequence[str]) -> d
     return dict(loaded_layers)
 
 
-def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[ProbeResult]:
+def required_image_size(model: nn.Module) -> int | None:
+    """The one input size a model accepts, when it has one: torchvision's ``VisionTransformer``
+    (``image_size``) or a timm patch embedding with a fixed ``img_size``; else None.
+
+    >>> import torchvision
+    >>> required_image_size(torchvision.models.VisionTransformer(32, 16, 1, 2, 8, 8)), required_image_size(nn.Linear(2, 2))
+    (32, None)
+    """
+    for module in model.modules():
+        size = getattr(module, "image_size", None)
+        if isinstance(size, int) and hasattr(module, "patch_size"):  # torchvision ViT asserts H == W == image_size
+            return size
+        size = getattr(module, "img_size", None)
+        if getattr(module, "strict_img_size", False) and isinstance(size, (tuple, list)) and len(set(size)) == 1:
+            return int(size[0])
+    return None
+
+
+def check_image_size(model: nn.Module, image_size: int, what: str = "this model") -> None:
+    """Refuse, in one line naming the option to use, an image size the model cannot take."""
+    needed = required_image_size(model)
+    if needed is not None and needed != image_size:
+        raise CollapseProbeError(f"{what} needs {needed} px images (--image-size {needed}), got {image_size} px")
+
+
+def per_checkpoint_archs(archs: str | Sequence[str] | None, n_checkpoints: int) -> list[str | None]:
+    """``--arch`` for each checkpoint: none, one for all, or one per checkpoint in order.
+
+    >>> per_checkpoint_archs(["resnet18"], 2), per_checkpoint_archs(["resnet18", "resnet50"], 2)
+    (['resnet18', 'resnet18'], ['resnet18', 'resnet50'])
+    """
+    if archs is None or isinstance(archs, str):
+        return [archs] * n_checkpoints
+    archs = list(archs)
+    if not archs:
+        return [None] * n_checkpoints
+    if len(archs) == 1:
+        return archs * n_checkpoints
+    if len(archs) != n_checkpoints:
+        raise CollapseProbeError(f"--arch given {len(archs)} times for {n_checkpoints} checkpoints: give it once "
+                                 "(for all of them) or once per checkpoint, in the order of the checkpoints")
+    return archs
+
+
+def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig,
+                      archs: Sequence[str | None] | None = None) -> list[ProbeResult]:
     """Load each checkpoint, stream the data once through all of them, solve every spectrum.
 
     Layers: ``config.layers`` if given, else each checkpoint's default layers (representation,
     and embedding when it has a projector), else its output. All layers of all checkpoints are
     captured in the same pass and solved in one batched call (equal dimensions share one
-    ``eigvalsh``), through :func:`collapse_probe.spectrum`.
+    ``eigvalsh``), through :func:`collapse_probe.spectrum`. ``archs`` gives each checkpoint its
+    own architecture (default: ``config.arch`` for all).
     """
     device = parse_device(config.device)
-    loaded = [load_encoder_with_report(p, config.arch, trust_checkpoint=config.trust_checkpoint,
-                                       allow_partial=config.allow_partial) for p in paths]
+    archs = per_checkpoint_archs(config.arch if archs is None else archs, len(paths))
+    loaded = [load_encoder_with_report(p, arch, trust_checkpoint=config.trust_checkpoint,
+                                       allow_partial=config.allow_partial) for p, arch in zip(paths, archs, strict=True)]
     plans = [_layer_plan(item.default_layers, config.layers) for item in loaded]
     if len(loaded) == 1:  # one model: hook it directly, so messages name its own modules
         target: nn.Module = loaded[0].model
@@ -104,11 +152,14 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[
     if d.image_size is None:
         trained_sizes = {item.image_size for item in loaded if item.image_size}
         d = replace(d, image_size=trained_sizes.pop() if len(trained_sizes) == 1 else DEFAULT_IMAGE_SIZE)
+    for path, item in zip(paths, loaded, strict=True):
+        check_image_size(item.model, d.image_size, f"{Path(path).name}: this model")
     loader = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
                          workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
     solved = spectrum(target, loader, layers=hooks, device=device, normalize=config.normalize,
                       max_samples=d.max_samples, precision=config.precision, progress=config.progress,
-                      repeated_calls=config.repeated_calls, groups=config.groups)
+                      repeated_calls=config.repeated_calls, skip_nonfinite=config.skip_nonfinite,
+                      groups=config.groups)
     if not isinstance(solved, dict):
         solved = {OUTPUT_NAME: solved}
     results = []
@@ -119,7 +170,8 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig) -> list[
         source = {"checkpoint": str(path), "loaded_as": item.report.kind, "arch": item.report.arch,
                   "data": str(d.data), "n_images": loader.n_images, "n_unreadable_skipped": loader.n_skipped,
                   "image_size": d.image_size, "resize": d.resize or int(d.image_size * 256 / 224),
-                  "precision": config.precision or "fp32", "device": str(device), "load": item.report.to_dict()}
+                  "precision": config.precision or "fp32", "device": str(device), "load": item.report.to_dict(),
+                  "skip_nonfinite": config.skip_nonfinite}
         results.append(ProbeResult(spectra, roles, source, item.report))
     return results
 
@@ -166,6 +218,7 @@ def layer_table(model: nn.Module, *, image_size: int = 224, device: str | None =
     def record(name: str, output: Any) -> None:  # returns None: a forward hook's return value replaces the output
         shapes.setdefault(name, describe(output))
 
+    check_image_size(model, image_size)
     hookable = not isinstance(model, torch.jit.ScriptModule)  # scripted submodules take no hooks
     modules = {n: m for n, m in model.named_modules() if n} if hookable else {}
     device = parse_device(device)
@@ -183,16 +236,30 @@ def layer_table(model: nn.Module, *, image_size: int = 224, device: str | None =
     return rows
 
 
-def compare_sources(sources: Sequence[str | Path], config: ProbeConfig | None) -> tuple[dict[str, Spectrum], dict[str, str]]:
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare_sources` returns: spectra and roles keyed ``"SOURCE:LAYER"`` (in the
+    order given), and the :class:`ProbeResult` of each probed checkpoint (its load report, the
+    images read and skipped), in the order of the checkpoints."""
+
+    spectra: dict[str, Spectrum]
+    roles: dict[str, str]
+    probed: list[ProbeResult]
+
+
+def compare_sources(sources: Sequence[str | Path], config: ProbeConfig | None,
+                    archs: Sequence[str | None] | None = None) -> Comparison:
     """Spectra of several checkpoints (probed together, :func:`probe_checkpoints`) and saved files.
 
-    Returns ``({"SOURCE:LAYER": Spectrum}, {"SOURCE:LAYER": role})`` in the order given; SOURCE is
-    the file name, or the full path where two file names are equal.
+    SOURCE in the keys is the file name, or the full path where two file names are equal.
+    ``archs``: one architecture for all checkpoints, or one per checkpoint in order (spectrum
+    files take none).
     """
     checkpoints = [s for s in sources if not is_spectrum_file(s)]
     if checkpoints and config is None:
         raise CollapseProbeError("checkpoints need --data DIR (or builtin:NAME) to be probed")
-    probed = iter(probe_checkpoints(checkpoints, config) if checkpoints else [])
+    results = probe_checkpoints(checkpoints, config, archs) if checkpoints else []
+    probed = iter(results)
     names = [Path(s).name for s in sources]
     spectra: dict[str, Spectrum] = {}
     roles: dict[str, str] = {}
@@ -202,7 +269,7 @@ def compare_sources(sources: Sequence[str | Path], config: ProbeConfig | None) -
         for layer, s in result.spectra.items():
             spectra[f"{label}:{layer}"] = s
             roles[f"{label}:{layer}"] = result.roles.get(layer, "")
-    return spectra, roles
+    return Comparison(spectra, roles, results)
 
 
 def _relabel(s: Spectrum, layer: str) -> Spectrum:

@@ -134,6 +134,18 @@ def sample_limit_notes(spectra: Mapping[str, Spectrum], sample_name: str = "samp
     ]
 
 
+def nonfinite_notes(spectra: Mapping[str, Spectrum]) -> list[str]:
+    """One line per layer whose NaN/Inf rows were dropped (``skip_nonfinite``): how many.
+
+    >>> z = torch.randn(20, 3, dtype=torch.float64); z[0, 1] = float("nan")
+    >>> nonfinite_notes({"fc": Spectrum.from_embeddings(z, skip_nonfinite=True)})
+    ['fc: dropped 1 embeddings holding NaN/Inf (--skip-nonfinite); the spectrum is of the other 19']
+    """
+    return [f"{name}: dropped {s.n_skipped_nonfinite} embeddings holding NaN/Inf (--skip-nonfinite); "
+            f"the spectrum is of the other {s.n_samples}"
+            for name, s in spectra.items() if s.n_skipped_nonfinite]
+
+
 def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None = None) -> str:
     """One line per layer: name, role, dim, N, effective rank, RankMe, collapsed, unobserved, stable rank, alpha.
 
@@ -177,8 +189,9 @@ def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | Non
 def load_embeddings(path: str | Path, key: str | None = None) -> torch.Tensor:
     """An (N, d) array from ``.npy``, ``.pt``/``.pth`` (weights_only) or ``.safetensors``.
 
-    A file holding several tensors needs ``key`` unless exactly one is 2-D or one is called
-    ``embeddings``.
+    A file holding several tensors needs ``key`` (unless one is called ``embeddings``): the
+    error lists what the file holds. A model's state_dict is refused that way, not read as the
+    one 2-D weight it happens to hold.
     """
     path = Path(path)
     if not path.is_file():
@@ -207,13 +220,25 @@ def load_embeddings(path: str | Path, key: str | None = None) -> torch.Tensor:
             obj = tensors[key]
         elif "embeddings" in tensors:
             obj = tensors["embeddings"]
-        elif len([v for v in tensors.values() if v.ndim == 2]) == 1:
-            obj = next(v for v in tensors.values() if v.ndim == 2)
+        elif len(tensors) == 1:
+            obj = next(iter(tensors.values()))
         else:
-            raise CollapseProbeError(f"{path} holds several tensors ({', '.join(tensors)}): pick one with --key")
+            raise CollapseProbeError(_several_tensors(path, tensors))
     if not isinstance(obj, torch.Tensor) or obj.ndim != 2:
         shape = tuple(obj.shape) if isinstance(obj, torch.Tensor) else type(obj).__name__
         raise CollapseProbeError(f"{path}: expected an (N, d) array, got {shape}")
     if not obj.is_floating_point():
         obj = obj.double()
     return obj
+
+
+def _several_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
+    """The one-line refusal of an ambiguous embeddings file: what it holds and what to do."""
+    if not tensors:
+        return f"{path} holds no tensors"
+    shown = [f"{name} {tuple(t.shape)}" for name, t in list(tensors.items())[:6]]
+    listing = ", ".join(shown) + (f", ... ({len(tensors)} in all)" if len(tensors) > 6 else "")
+    message = f"{path} holds {len(tensors)} tensors ({listing}): name the (N, d) embeddings with --key"
+    if any(name.endswith((".weight", ".bias", ".running_mean")) for name in tensors):
+        message += f"; this looks like a model's weights: probe the model with `collapse-probe spectrum {path} --arch NAME --data DIR`"
+    return message

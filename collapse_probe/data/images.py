@@ -206,17 +206,43 @@ class _BuiltinItems(torch.utils.data.Dataset):
         return self.dataset[index][0], None
 
 
-def collate_skipping(items: list[tuple[torch.Tensor | None, str | None]]) -> tuple[torch.Tensor | None, list[str]]:
-    """Stack the readable images; return ``(images or None, error messages)``."""
-    images = [x for x, _ in items if x is not None]
-    return (torch.stack(images) if images else None), [e for _, e in items if e is not None]
+class SkippingItems(torch.utils.data.Dataset):
+    """Any data set's items as ``(item, None)``, or ``(None, "path: error")`` when loading one fails.
+
+    Wraps a labelled data set (torchvision's ``ImageFolder``: ``item = (image, label)``) so that
+    :class:`SkippingLoader` can skip and count its unreadable files as it does for :class:`ImageFiles`.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+        samples = getattr(dataset, "samples", None)  # ImageFolder: [(path, label), ...]
+        self.paths = [str(path) for path, _ in samples] if samples is not None else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, str | None]:
+        try:
+            return self.dataset[index], None
+        except Exception as error:  # noqa: BLE001 - any decode failure is "unreadable"
+            where = self.paths[index] if self.paths is not None else f"item {index}"
+            return None, f"{where}: {describe_error(error)}"
+
+
+def collate_skipping(items: list[tuple[Any, str | None]]) -> tuple[Any, list[str]]:
+    """Collate the readable items (images, or ``(image, label)`` pairs); return ``(batch or None, errors)``."""
+    readable = [x for x, _ in items if x is not None]
+    batch = torch.utils.data.default_collate(readable) if readable else None
+    return batch, [e for _, e in items if e is not None]
 
 
 class SkippingLoader:
-    """Iterate ``(B, 3, H, W)`` tensors from a loader of ``(images, errors)`` pairs.
+    """Iterate ``(B, 3, H, W)`` tensors (or ``(images, labels)``) from a loader of ``(batch, errors)`` pairs.
 
     ``n_skipped`` counts unreadable images; the first one warns once, the rest are counted only.
-    ``strict=True`` raises :class:`CollapseProbeError` on the first unreadable image instead.
+    ``strict=True`` raises :class:`CollapseProbeError` on the first unreadable image instead. When
+    no image at all could be read, the pass ends with a :class:`CollapseProbeError` saying so
+    (``0 of N images could be read (first error: ...)``).
     """
 
     def __init__(self, loader: Any, *, strict: bool = False, n_images: int | None = None):
@@ -229,7 +255,8 @@ class SkippingLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Any]:
+        yielded = False
         for images, errors in self.loader:
             for error in errors:
                 if self.strict:
@@ -240,7 +267,11 @@ class SkippingLoader:
                 self.skipped.append(error)
                 self.n_skipped += 1
             if images is not None:
+                yielded = True
                 yield images
+        if not yielded and self.skipped:
+            total = self.n_images if self.n_images is not None else self.n_skipped
+            raise CollapseProbeError(f"0 of {total} images could be read (first error: {self.skipped[0]})")
 
 
 def open_images(

@@ -2,6 +2,9 @@
 
 Features are extracted once (eval mode, no augmentation: resize + centre crop for folders) from
 the representation r = ``model.backbone(x)`` by default, as in the paper's linear evaluation.
+:func:`eval_features` reads any checkpoint ``collapse-probe spectrum`` reads (trainer
+checkpoints, torchvision / timm / solo-learn state_dicts with ``arch``, TorchScript, torch.export)
+and skips and counts unreadable images as the probe does.
 """
 
 from __future__ import annotations
@@ -19,17 +22,33 @@ from collapse_probe.errors import CollapseProbeError
 
 @torch.inference_mode()
 def extract_features(
-    module: nn.Module, loader: Any, *, device: torch.device | str | None = None
+    module: nn.Module, loader: Any, *, device: torch.device | str | None = None, layer: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features (N, D) float32 CPU, labels (N,) int64 CPU)`` of ``module`` over ``(x, y)`` batches."""
+    """``(features (N, D) float32 CPU, labels (N,) int64 CPU)`` of ``module`` over ``(x, y)`` batches.
+
+    ``layer`` (a name from ``module.named_modules()``): that submodule's output, average-pooled
+    to (B, D) as :func:`collapse_probe.spectrum` pools it, instead of the module's output.
+    """
+    from collapse_probe.capture import capture_outputs, pick_tensor, pool_output, resolve_modules
+
     device = torch.device(device) if device is not None else next(module.parameters()).device
     was_training = module.training
     module.eval().to(device)
+    hooked = resolve_modules(module, [layer]) if layer else {}
+    captured: list[torch.Tensor] = []
+
+    def record(name: str, output: Any) -> None:
+        captured.append(pool_output(pick_tensor(output, f"layer {name!r}"), "avg", f"layer {name!r}"))
+
     feats, labels = [], []
     try:
-        for x, y in loader:
-            feats.append(module(x.to(device, non_blocking=True)).float().flatten(1).cpu())
-            labels.append(torch.as_tensor(y).cpu())
+        with capture_outputs(hooked, record):
+            for x, y in loader:
+                captured.clear()
+                output = module(x.to(device, non_blocking=True))
+                z = captured[0] if layer else output
+                feats.append(z.float().flatten(1).cpu())
+                labels.append(torch.as_tensor(y).cpu())
     finally:
         module.train(was_training)
     if not feats:
@@ -141,6 +160,114 @@ def knn_accuracy(train_x, train_y, val_x, val_y, *, k: int = 20, temperature: fl
     return (knn_classify(train_x, train_y, val_x, k=k, temperature=temperature) == val_y).float().mean().item()
 
 
+@dataclass(frozen=True)
+class EvalFeatures:
+    """Frozen features of both splits, and where they came from."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    report: Any  # the checkpoint's LoadReport
+    layer: str  # the module the features come from, or "<output>"
+    image_size: int
+    n_images: dict[str, int]  # per split
+    n_skipped: dict[str, int]  # unreadable images skipped, per split
+
+
+def check_eval_data(data: str) -> None:
+    """Refuse, before any work, a ``data`` that is neither ``builtin:NAME`` nor a folder with
+    ``train/`` and ``val/`` subfolders."""
+    import os
+
+    from collapse_probe.data.builtin import builtin_info, is_builtin
+
+    if is_builtin(data):
+        builtin_info(data)
+        return
+    if not os.path.isdir(data):
+        raise CollapseProbeError(f"--data {data!r} is not a folder (or builtin:NAME)")
+    missing = [f"{split}/" for split in ("train", "val") if not os.path.isdir(os.path.join(data, split))]
+    if missing:
+        raise CollapseProbeError(f"--data {data!r} has no {' and no '.join(missing)} folder: eval needs train/ and "
+                                 "val/, each with one subfolder per class")
+
+
+def labelled_loader(data: str, split: str, image_size: int, *, batch_size: int = 256, workers: int = 0,
+                    strict: bool = False, device: torch.device | None = None) -> Any:
+    """``(images, labels)`` batches of one split, unreadable images skipped and counted
+    (:class:`~collapse_probe.data.images.SkippingLoader`; ``strict=True`` fails on the first)."""
+    from collapse_probe.data.builtin import is_builtin
+    from collapse_probe.data.images import SkippingItems, SkippingLoader, collate_skipping
+    from collapse_probe.ssl.data import eval_dataset
+
+    dataset = eval_dataset(data, split, image_size)
+    loader = torch.utils.data.DataLoader(
+        SkippingItems(dataset), batch_size=batch_size, shuffle=False, num_workers=0 if is_builtin(data) else workers,
+        collate_fn=collate_skipping, pin_memory=device is not None and device.type == "cuda",
+    )
+    return SkippingLoader(loader, strict=strict, n_images=len(dataset))
+
+
+def _eval_layer(loaded: Any, layer: str) -> str | None:
+    """The module whose output is ``layer`` (backbone = the representation, embedding = the loss
+    input) in a :class:`~collapse_probe.checkpoints.LoadedEncoder`; None for the model output."""
+    role = {"backbone": "representation", "embedding": "embedding"}[layer]
+    names = [name for name, r in loaded.default_layers.items() if r == role]
+    if names:
+        return names[0]
+    if layer == "backbone" and not loaded.default_layers:
+        return None  # TorchScript / export / a headless model: its output is the representation
+    kinds = ", ".join(f"{n} ({r})" for n, r in loaded.default_layers.items()) or "only its output"
+    raise CollapseProbeError(f"{loaded.report.path} has no {role} layer to evaluate (it has {kinds}); "
+                             "use --layer backbone")
+
+
+def eval_features(
+    path: str,
+    data: str,
+    *,
+    layer: str = "backbone",
+    arch: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 256,
+    workers: int = 4,
+    device: str | torch.device | None = None,
+    strict: bool = False,
+    trust_checkpoint: bool = False,
+    allow_partial: bool = False,
+) -> EvalFeatures:
+    """Features of any checkpoint ``collapse-probe spectrum`` can load on ``data``'s train and val splits.
+
+    ``layer``: ``backbone`` (the representation: the backbone output, or a classifier's input)
+    or ``embedding`` (the projector output, what the loss sees). Every input (device, data
+    folders, checkpoint, image size) is checked before any image is decoded.
+    """
+    from collapse_probe.checkpoints import load_encoder_with_report
+    from collapse_probe.devices import parse_device
+    from collapse_probe.pipeline import DEFAULT_IMAGE_SIZE, check_image_size
+
+    if layer not in ("backbone", "embedding"):
+        raise CollapseProbeError(f"unknown layer {layer!r}; use backbone or embedding")
+    dev = parse_device(device)
+    check_eval_data(data)
+    loaded = load_encoder_with_report(path, arch, trust_checkpoint=trust_checkpoint, allow_partial=allow_partial)
+    module_name = _eval_layer(loaded, layer)
+    size = image_size or loaded.image_size or DEFAULT_IMAGE_SIZE
+    check_image_size(loaded.model, size)
+    loaders = {split: labelled_loader(data, split, size, batch_size=batch_size, workers=workers, strict=strict,
+                                      device=dev) for split in ("train", "val")}
+    classes = {split: getattr(loader.loader.dataset.dataset, "classes", None) for split, loader in loaders.items()}
+    if classes["train"] is not None and classes["train"] != classes["val"]:
+        raise CollapseProbeError(f"--data {data!r}: train/ and val/ hold different class folders "
+                                 f"({len(classes['train'])} vs {len(classes['val'])}); labels would not match")
+    features = {split: extract_features(loaded.model, loader, device=dev, layer=module_name)
+                for split, loader in loaders.items()}
+    return EvalFeatures(*features["train"], *features["val"], report=loaded.report, layer=module_name or "<output>",
+                        image_size=size, n_images={s: loader.n_images for s, loader in loaders.items()},
+                        n_skipped={s: loader.n_skipped for s, loader in loaders.items()})
+
+
 def checkpoint_features(
     path: str,
     data: str,
@@ -150,22 +277,9 @@ def checkpoint_features(
     batch_size: int = 256,
     workers: int = 4,
     device: str | None = None,
+    arch: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(train_x, train_y, val_x, val_y)``: features of a trainer checkpoint on ``data``'s
-    train and val splits. ``layer``: ``backbone`` (representation) or ``embedding``."""
-    from collapse_probe.data.builtin import is_builtin
-    from collapse_probe.ssl.checkpoint import build_model_from_checkpoint, load_checkpoint
-    from collapse_probe.ssl.data import eval_loader
-
-    ckpt = load_checkpoint(path)
-    model = build_model_from_checkpoint(ckpt)
-    if layer not in ("backbone", "embedding"):
-        raise CollapseProbeError(f"unknown layer {layer!r}; use backbone or embedding")
-    module = model.backbone if layer == "backbone" else model
-    size = image_size or int(ckpt.get("config", {}).get("image_size", 224))
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = []
-    for split in ("train", "val"):
-        loader = eval_loader(data, split, size, batch_size=batch_size, workers=0 if is_builtin(data) else workers)
-        out.extend(extract_features(module, loader, device=dev))
-    return out[0], out[1], out[2], out[3]
+    """``(train_x, train_y, val_x, val_y)`` of :func:`eval_features`."""
+    f = eval_features(path, data, layer=layer, arch=arch, image_size=image_size, batch_size=batch_size,
+                      workers=workers, device=device)
+    return f.train_x, f.train_y, f.val_x, f.val_y
