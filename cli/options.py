@@ -72,10 +72,10 @@ def _importable_from_cwd(ctx: click.Context, param: click.Parameter, value: Any)
     return value
 
 
-ARCH_HELP = ("Architecture for a bare state_dict: a torchvision name (resnet50, vit_b_16, ...), a timm name, "
-             "or module:callable (module.py may sit in the current folder). "
-             "Not needed for collapse-probe trainer checkpoints, "
-             "TorchScript or torch.export files.")
+ARCH_HELP = ("Architecture for a bare state_dict: a torchvision name (resnet50, vit_b_16, ...), a timm name "
+             "(torchvision/NAME or timm/NAME where both have it), or module:callable (module.py may sit in the "
+             "current folder). Without it, the one torchvision/timm model whose keys and shapes the file fits is "
+             "detected. Not needed for collapse-probe trainer checkpoints, TorchScript or torch.export files.")
 arch = click.option("--arch", metavar="NAME", callback=_importable_from_cwd, help=ARCH_HELP)
 #: ``compare``: once for every checkpoint, or once per checkpoint in order.
 arch_per_checkpoint = click.option("--arch", multiple=True, metavar="NAME", callback=_importable_from_cwd,

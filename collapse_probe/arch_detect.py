@@ -13,9 +13,11 @@ classification models between them:
    file is fitted to it with the same rules as loading (:func:`collapse_probe.checkpoints.fit_weights`:
    best prefix, no shape-mismatched key, no unexpected backbone key, no missing tensor).
 
-Exactly one fitting model is a detection. The same name in torchvision and timm with the same keys
-and shapes (resnet50) counts once and torchvision's is used; anything else -- several fitting
-models, or none -- is reported with the closest candidates and what differs.
+Exactly one fitting model is a detection. When several fit and exactly one of them is torchvision's
+(a resnet50 file fits torchvision's resnet50 and timm's resnet50, resnetaa50 and resnetblur50, whose
+anti-aliasing holds no weights), torchvision's is used -- SSL checkpoints use its names -- and the
+others are named in the report. Anything else -- several fitting models, or none -- is reported
+with the closest candidates and what differs.
 
 The index is regenerated for newer library versions with ``python -m collapse_probe.arch_detect
 OUT.json.gz``; models missing from it are not candidates (the error says so).
@@ -87,11 +89,10 @@ def meta_model(library: str, name: str) -> nn.Module:
 
 
 def backbone_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of ``model``'s state_dict without its final classifier and ``num_batches_tracked``."""
+    """Key -> shape of ``model``'s state_dict without its final classifier."""
     head = find_classifier(model)
     skip = () if head is None else (head + ".",)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()
-            if not k.startswith(skip) and not k.endswith("num_batches_tracked")}
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(skip)}
 
 
 def _shape_key(shape: tuple[int, ...]) -> str:
@@ -131,7 +132,7 @@ def build_index(progress: Callable[[str], None] | None = None) -> dict[str, Any]
     """Build every torchvision/timm classification model on the meta device and index its shapes."""
     import torchvision
 
-    index: dict[str, Any] = {"versions": {"torchvision": torchvision.__version__}, "models": {}}
+    index: dict[str, Any] = {"versions": {"torchvision": torchvision.__version__}, "models": {}, "unbuildable": []}
     for library, names in _library_models().items():
         if library == "timm":
             index["versions"]["timm"] = importlib.import_module("timm").__version__
@@ -139,6 +140,7 @@ def build_index(progress: Callable[[str], None] | None = None) -> dict[str, Any]
             try:
                 shapes = backbone_shapes(meta_model(library, name))
             except Exception as error:  # noqa: BLE001 - a model that cannot be built is no candidate
+                index["unbuildable"].append(f"{library}/{name}")
                 if progress:
                     progress(f"skipped {library}/{name}: {type(error).__name__}")
                 continue
@@ -208,12 +210,15 @@ class Detection:
 def check_candidate(library: str, name: str, state_dict: Mapping[str, torch.Tensor]) -> Candidate | None:
     """Build ``library/name`` on the meta device and fit ``state_dict`` to it (None: cannot be built)."""
     from collapse_probe.checkpoints import LoadReport, fit_weights
+    from collapse_probe.keymaps import remap_sequential_children
 
     try:
         model = meta_model(library, name)
     except Exception:  # noqa: BLE001 - an unbuildable model is no candidate
         return None
-    fit = fit_weights(backbone_shapes(model), state_dict)
+    shapes = backbone_shapes(model)
+    children = [child for child, _ in model.named_children()]
+    fit = fit_weights(shapes, remap_sequential_children(state_dict, children, set(shapes))[0])
     problems = tuple(LoadReport("", "", **{k: v for k, v in fit.items() if k != "usable"}).problems())
     return Candidate(library, name, fit, problems)
 
@@ -239,25 +244,28 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Detection:
     available = {f"{lib}/{n}" for lib, names in libraries.items() for n in names}
     models = {spec: counts for spec, counts in index["models"].items() if spec in available}
     notes = []
-    unindexed = len(available) - len(models)
+    unindexed = len(available - set(models) - set(index.get("unbuildable", ())))
     if unindexed:
         notes.append(f"{unindexed} installed models are not in the shape index (built for "
                      f"{', '.join(f'{k} {v}' for k, v in index['versions'].items()) or 'nothing'}): not candidates")
     file_counts = shape_counts({k: tuple(v.shape) for k, v in state_dict.items()})
     scored = sorted(((_overlap(counts, file_counts), spec) for spec, counts in models.items()),
-                    key=lambda item: (not item[0][0], -item[0][1], item[1]))
+                    key=lambda item: (not item[0][0], -item[0][1], not item[1].startswith("torchvision/"), item[1]))
     contained = [spec for (full, _), spec in scored if full]
     to_build = contained[:MAX_BUILT] or [spec for _, spec in scored[:N_CLOSEST]]
     if len(contained) > MAX_BUILT:
         notes.append(f"{len(contained)} models pass the shape prefilter: only the first {MAX_BUILT} were checked")
     checked = [c for spec in to_build if (c := check_candidate(*spec.split("/", 1), state_dict)) is not None]
     matches = [c for c in checked if not c.problems]
-    # One name in both libraries with identical keys and shapes is one model: torchvision's.
-    tv_names = {c.name for c in matches if c.library == "torchvision"}
-    matches = [c for c in matches if c.library == "torchvision" or c.name not in tv_names]
-    if len(matches) == 1 and matches[0].library == "torchvision" and matches[0].name in libraries.get("timm", ()):
-        notes.append(f"timm's {matches[0].name} has the same keys and shapes: torchvision's is used")
-    closest = sorted((c for c in checked if c.problems), key=lambda c: (c.badness, c.spec))
+    # A torchvision model wins over timm models with identical keys and shapes (timm's resnet50, and
+    # resnetaa50/resnetblur50, whose anti-aliasing holds no weights): torchvision's names are the
+    # layout SSL checkpoints use. The others are named in the report.
+    torchvision = [c for c in matches if c.library == "torchvision"]
+    if len(matches) > 1 and len(torchvision) == 1:
+        others = ", ".join(c.spec for c in matches if c.library != "torchvision")
+        notes.append(f"also fit, with identical keys and shapes: {others}; pass --arch timm/NAME if the file is one of those")
+        matches = torchvision
+    closest = sorted((c for c in checked if c.problems), key=lambda c: (c.badness, c.library != "torchvision", c.spec))
     return Detection(tuple(matches), tuple(closest[:N_CLOSEST]), len(models), len(checked),
                      time.perf_counter() - start, tuple(notes))
 
@@ -269,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0]) if args else INDEX_PATH
     index = build_index(progress=lambda line: print(line, file=sys.stderr))
-    with gzip.open(out, "wt") as handle:
-        json.dump(index, handle, separators=(",", ":"), sort_keys=True)
+    with gzip.GzipFile(out, "wb", mtime=0) as handle:  # mtime 0: the same index gives the same bytes
+        handle.write(json.dumps(index, separators=(",", ":"), sort_keys=True).encode())
     print(f"{out}: {len(index['models'])} models ({index['versions']})", file=sys.stderr)
 
 

@@ -536,7 +536,7 @@ def choose_arch(path: Path, arch: str | None, state_dict: dict[str, torch.Tensor
     if len(found.matches) == 1:
         match = found.matches[0]
         return match.name, match.library, True, [
-            f"architecture detected from keys and shapes: {match.spec}, the only model that fits ({took})",
+            f"architecture detected from keys and shapes: {match.spec} ({took})",
             *found.notes]
     if found.matches:
         raise CollapseProbeError(f"{where} that fits {len(found.matches)} architectures: {found.describe()}: "
