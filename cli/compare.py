@@ -60,6 +60,6 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
         for note in [*nonfinite_notes(spectra), *sample_limit_notes(spectra, "samples" if config is None else "images")]:
             click.echo(f"Warning: {note}", err=True)
     if out is not None:
-        paths = write_comparison(spectra, out, relative=relative)
+        paths = write_comparison(spectra, out, relative=relative, roles=roles)
         if not quiet:
             click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)

@@ -140,7 +140,7 @@ def draw_demo_figure(spectra: dict[str, dict[str, Spectrum]], path: Path, spaces
 
     from collapse_probe.plot import plot_spectra
 
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    figure = Figure(figsize=(12, 6.0), layout="constrained")
     axes = figure.subplots(1, len(spaces))
     for ax, space in zip(axes, spaces, strict=True):
         plot_spectra({name: per_space[space] for name, per_space in spectra.items()}, ax=ax, relative=True)

@@ -26,6 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -135,27 +136,37 @@ class SpectrumMonitor:
 
 
 def plot_spectrum_history(history: Sequence[tuple[int, Mapping[str, Any]]]) -> Any:
-    """A matplotlib Figure: per layer, sorted log eigenvalues, one line per epoch (dark = early).
+    """A matplotlib Figure: per layer, sorted log eigenvalues, one line per probed epoch.
 
-    ``history`` is ``[(epoch, {name: Spectrum}), ...]``; eigenvalues below 1e-12 x the largest
-    are drawn at that floor, so that numerically collapsed directions stay on the log axis.
+    ``history`` is ``[(epoch, {name: Spectrum}), ...]``. Lines are coloured by epoch on a
+    sequential colormap (dark purple = first, green = last; no pale end that vanishes on white),
+    with a colorbar for the epochs; each panel is titled with its layer. Eigenvalues below
+    1e-12 x the largest are drawn at that floor (said under the x axis), so that numerically
+    collapsed directions stay on the log axis.
     """
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
 
     names = list(history[0][1])
-    figure = Figure(figsize=(4.2 * len(names), 3.4), layout="constrained")
+    figure = Figure(figsize=(4.4 * len(names) + 1.0, 3.8), layout="constrained")
     axes = figure.subplots(1, len(names), squeeze=False)[0]
-    cmap = colormaps["viridis"]
-    n = len(history)
+    # viridis up to 0.8: its last fifth is a yellow too pale to see as a line on white
+    cmap = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.8, 256)), name="viridis_dark")
+    epochs = [epoch for epoch, _ in history]
+    norm = Normalize(vmin=min(epochs), vmax=max(epochs) if max(epochs) > min(epochs) else min(epochs) + 1)
     for ax, name in zip(axes, names, strict=True):
-        for i, (epoch, spectra) in enumerate(history):
+        for epoch, spectra in history:
             eig = spectra[name].eigenvalues.double()
             eig = eig.clamp_min(max(float(eig.max()), 1e-300) * 1e-12)
-            ax.plot(torch.arange(1, len(eig) + 1).numpy(), eig.log10().numpy(), color=cmap(i / max(1, n - 1)),
-                    lw=1.2, label=f"epoch {epoch}" if i in (0, n - 1) else None)
+            ax.plot(np.arange(1, len(eig) + 1), eig.log10().numpy(), color=cmap(norm(epoch)), lw=1.3)
         ax.set_title(name)
-        ax.set_xlabel("index (sorted)")
-        ax.set_ylabel("log10 covariance eigenvalue (floor: 1e-12 x max)")
-        ax.legend(fontsize=8)
+        ax.set_xlabel("index (sorted, largest first)\nbelow 1e-12 x largest: drawn at that floor", fontsize="small")
+        ax.set_ylabel("log10 covariance eigenvalue")
+        ax.grid(True, alpha=0.3)
+    colorbar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="epoch", shrink=0.9)
+    if len(epochs) <= 10:
+        colorbar.set_ticks(epochs)
+    figure.suptitle(f"Covariance spectra during training (epochs {epochs[0]}-{epochs[-1]}, one line per probe)")
     return figure

@@ -27,17 +27,30 @@ def _shorten(name: str, limit: int = 36) -> str:
     """Keep legend entries readable: long names (checkpoint paths) lose their middle."""
     if len(name) <= limit:
         return name
-    keep = (limit - 3) // 2
-    return f"{name[:keep]}...{name[-keep:]}"
+    head = min(8, (limit - 3) // 3)  # the end names the file and layer: keep more of it
+    return f"{name[:head]}...{name[-(limit - 3 - head):]}"
 
 
-def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: bool = False) -> Any:
+#: Line styles cycled with the colours, so that identical curves stay visible (a thick solid
+#: line under a thinner dashed one) and lines stay distinct in greyscale print.
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def role_title(name: str, role: str | None) -> str:
+    """A panel title naming the layer and its role: ``"backbone (representation)"``."""
+    return f"{_shorten(name, 48)} ({role})" if role else _shorten(name, 48)
+
+
+def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: bool = False,
+                 title: str | None = None, roles: Mapping[str, str] | None = None) -> Any:
     """The paper's plot: sorted covariance eigenvalues, log scale, against their index.
 
-    Several spectra share one Axes for comparison; each legend entry gives the effective rank and
-    the number of collapsed dimensions. Eigenvalues below ``FLOOR`` (1e-15) of a spectrum's
-    largest are float64 round-off, exact zeros included: they are drawn at that floor, so a
-    collapsed tail shows as a cliff down to it instead of stretching the axis to 1e-35.
+    Several spectra share one Axes for comparison, each with its own colour and line style (so
+    identical curves do not hide each other); each legend entry gives the dimension, effective
+    rank and number of collapsed dimensions, and the legend sits below the axes, off the data.
+    Eigenvalues below ``FLOOR`` (1e-15) of a spectrum's largest are float64 round-off, exact
+    zeros included: they are drawn at that floor, so a collapsed tail shows as a cliff down to it
+    instead of stretching the axis to 1e-35, and one note under the x axis says how many.
 
     A sample-limited spectrum (N samples show only ``max_rank = N - 1 < d`` dimensions) is drawn
     up to ``max_rank``; a dashed vertical line labelled ``N - 1 = ...`` marks where the sample
@@ -48,28 +61,33 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
         spectra: name -> Spectrum.
         ax: an Axes to draw on; a new pyplot-free Figure when None.
         relative: divide each spectrum by its largest eigenvalue (compare shapes, not scales).
+        title: the Axes title [default: the layer and its role for one spectrum, else
+            "Covariance spectra"].
+        roles: name -> role ("representation", "embedding", "output"), shown in the title and legend.
 
     Returns:
         The Axes (``ax.figure.savefig(path)`` to write it).
     """
+    roles = roles or {}
     if ax is None:
-        ax = new_axes()
-    limits = []
-    for name, spectrum in spectra.items():
+        ax = new_axes(6.4, 3.8 + 0.4 * len(spectra))
+    limits, at_floor = [], {}
+    for i, (name, spectrum) in enumerate(spectra.items()):
         values = spectrum.observed_eigenvalues.numpy().copy()
         top = values[0] if values.size and values[0] > 0 else 1.0
         if relative:
             values, top = values / top, 1.0
         floor = FLOOR * top
         below = int((values < floor).sum())
-        label = (f"{_shorten(name)} (d={spectrum.dim}, erank {spectrum.effective_rank:.1f}, "
+        if below:
+            at_floor[name] = below
+        shown = _shorten(name) + (f" ({roles[name]})" if roles.get(name) and len(spectra) > 1 else "")
+        label = (f"{shown}\nd={spectrum.dim}, erank {spectrum.effective_rank:.1f}, "
                  f"collapsed {spectrum.collapsed_dims()}")
         if spectrum.sample_limited:
             label += f" of {spectrum.max_rank}, {spectrum.unobserved_dims} unobserved"
-        label += ")"
-        if below:
-            label += f", {below} at the floor"
-        (line,) = ax.plot(np.arange(1, values.size + 1), np.maximum(values, floor), label=label, linewidth=1.5)
+        (line,) = ax.plot(np.arange(1, values.size + 1), np.maximum(values, floor), label=label,
+                          linestyle=LINE_STYLES[i % len(LINE_STYLES)], linewidth=max(1.0, 2.4 - 0.4 * i))
         if spectrum.sample_limited:
             limits.append((spectrum, line.get_color()))
     for spectrum, color in limits:
@@ -83,9 +101,47 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
     if limits:
         ax.set_xlim(0, max(s.dim for s in spectra.values()) + 1)
     ax.set_yscale("log")
-    ax.set_xlabel("singular value rank index")
+    ax.set_xlabel("index (eigenvalues sorted, largest first)")
     ax.set_ylabel("covariance eigenvalue" + (" / largest" if relative else "") + " (log scale)")
-    ax.set_title("Embedding covariance spectrum")
+    if title is None:
+        title = role_title(*next(iter((n, roles.get(n)) for n in spectra))) if len(spectra) == 1 else "Covariance spectra"
+    ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower left")
+    # below the axes, clear of the tick labels and the x label (pad in legend font sizes)
+    legend = ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, 0.0), borderaxespad=3.6,
+                       frameon=False, title=_floor_note(at_floor, len(spectra)) or None, title_fontsize="small",
+                       alignment="left")
+    legend.set_in_layout(True)
     return ax
+
+
+def _floor_note(at_floor: Mapping[str, int], n_spectra: int) -> str:
+    """The one note that explains the curves drawn at the floor (empty when none are)."""
+    if not at_floor:
+        return ""
+    if n_spectra == 1:
+        count = next(iter(at_floor.values()))
+        return f"{count} eigenvalue{'s are' if count > 1 else ' is'} numerically zero\n(drawn at the floor, 1e-15 x largest)"
+    counts = ", ".join(f"{_shorten(name, 28)} {count}" for name, count in at_floor.items())
+    return f"numerically zero eigenvalues (drawn at the floor, 1e-15 x largest):\n{counts}"
+
+
+def plot_layers(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None = None, *,
+                relative: bool = False) -> Any:
+    """One panel per layer, titled with the layer and its role (``spectrum.png``); returns the Figure.
+
+    >>> import torch
+    >>> from collapse_probe.result import Spectrum
+    >>> z = torch.randn(300, 6, dtype=torch.float64)
+    >>> figure = plot_layers({"fc": Spectrum.from_embeddings(z)}, {"fc": "representation"})
+    >>> [ax.get_title() for ax in figure.axes]
+    ['fc (representation)']
+    """
+    from matplotlib.figure import Figure
+
+    roles = roles or {}
+    figure = Figure(figsize=(5.2 * len(spectra), 4.0), layout="constrained")
+    axes = figure.subplots(1, len(spectra), squeeze=False)[0]
+    for ax, (name, spectrum) in zip(axes, spectra.items(), strict=True):
+        plot_spectra({name: spectrum}, ax=ax, relative=relative, title=role_title(name, roles.get(name)))
+    return figure

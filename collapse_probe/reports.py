@@ -6,7 +6,7 @@ Files written by :func:`write_outputs` (``collapse-probe spectrum --out DIR``):
   "roles": {name: role}, "source": {...}}``; :func:`load_spectra` reads it back, and also a single
   :meth:`Spectrum.save` file;
 * ``spectrum.csv``: :func:`collapse_probe.to_frame`, one row per layer;
-* ``spectrum.png``: :func:`collapse_probe.plot_spectra`, every layer on one plot.
+* ``spectrum.png``: :func:`collapse_probe.plot.plot_layers`, one panel per layer, titled with its role.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from collapse_probe.checkpoints import LoadReport
 from collapse_probe.data.images import describe_error
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.plot import plot_spectra
+from collapse_probe.plot import plot_layers, plot_spectra
 from collapse_probe.result import FORMAT as SPECTRUM_FORMAT
 from collapse_probe.result import Spectrum, json_safe, read_json_file, to_frame
 
@@ -48,12 +48,13 @@ class ProbeResult:
     report: LoadReport | None = None
 
 
-def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relative: bool = False) -> dict[str, Path]:
+def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relative: bool = False,
+                     roles: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Write ``compare.png`` (one overlay plot), ``compare.csv`` and ``compare.json`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"png": out / "compare.png", "csv": out / "compare.csv", "json": out / "compare.json"}
-    ax = plot_spectra(spectra, relative=relative)
+    ax = plot_spectra(spectra, relative=relative, roles=roles)
     ax.figure.savefig(paths["png"], dpi=120)
     to_frame(spectra).to_csv(paths["csv"])
     document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in spectra.items()}, "roles": {}, "source": {}}
@@ -101,14 +102,13 @@ def write_outputs(result: ProbeResult, out: str | Path, *, stem: str = "spectrum
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
     paths["json"].write_text(json.dumps(json_safe(spectra_document(result)), indent=1))
     to_frame(result.spectra).to_csv(paths["csv"])
-    write_plot(result.spectra, paths["png"])
+    write_plot(result.spectra, paths["png"], result.roles)
     return paths
 
 
-def write_plot(spectra: Mapping[str, Spectrum], path: str | Path) -> Path:
-    """The paper's sorted log-spectrum plot of every spectrum on one Axes, saved to ``path``."""
-    ax = plot_spectra(spectra)
-    ax.figure.savefig(path, dpi=120)
+def write_plot(spectra: Mapping[str, Spectrum], path: str | Path, roles: Mapping[str, str] | None = None) -> Path:
+    """The paper's sorted log-spectrum plot, one panel per layer titled with its role, saved to ``path``."""
+    plot_layers(spectra, roles).savefig(path, dpi=120)
     return Path(path)
 
 
