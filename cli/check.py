@@ -22,11 +22,15 @@ from collapse_probe_cli.errors import EXIT_CHECK_FAILED
                    "(both spectra probed with --groups K); alone, fail on any drop beyond Z of them.")
 @click.option("--report-json", type=click.Path(dir_okay=False), metavar="FILE", help="Write the results as JSON.")
 @click.option("--junit-xml", type=click.Path(dir_okay=False), metavar="FILE", help="Write a JUnit XML report.")
+@click.option("--summary-md", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the verdict as a Markdown table (bound, value, required, pass/fail, samples, load "
+                   "report). When $GITHUB_STEP_SUMMARY is set (GitHub Actions), it is appended there too.")
 @options.probe_options
 @options.quiet
 def check(source: str, min_effective_rank: float | None, min_rankme: float | None,
           max_collapsed_fraction: float | None, baseline: str | None, max_drop: float | None,
-          max_drop_sigma: float | None, report_json: str | None, junit_xml: str | None, quiet: bool, **values) -> None:
+          max_drop_sigma: float | None, report_json: str | None, junit_xml: str | None, summary_md: str | None,
+          quiet: bool, **values) -> None:
     """Check collapse bounds on CKPT (probed on --data) or on a saved spectrum JSON.
 
     Exit code 0 when every check passes, 1 when one fails (each failure is printed with its
@@ -46,6 +50,7 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.05 --max-drop-sigma 3
     """
     from collapse_probe.checks import (
+        CannotJudgeError,
         run_checks,
         validate_bounds,
         write_junit_xml,
@@ -65,12 +70,18 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
         result = load_or_probe(source, config)
     except NonFiniteEmbeddingError as error:  # NaN/Inf model output is a finding (exit 1), not bad input
         click.echo(f"FAIL finite-output: {error}")
+        _summarise(summary_md, source=source, failure=f"finite-output: {error}")
         click.echo("0/1 checks passed; the model's output is not finite")
         click.get_current_context().exit(EXIT_CHECK_FAILED)
     reference = load_spectra(baseline).spectra if baseline is not None else None
-    results = run_checks(result.spectra, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
-                         max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop,
-                         max_drop_sigma=max_drop_sigma, sample_name="samples" if config is None else "images")
+    try:
+        results = run_checks(result.spectra, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
+                             max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop,
+                             max_drop_sigma=max_drop_sigma, sample_name="samples" if config is None else "images")
+    except CannotJudgeError as error:  # still exit 2, but the CI summary says why
+        _summarise(summary_md, source=source, spectra=result.spectra, report=result.report, refused=str(error))
+        raise
+    _summarise(summary_md, source=source, spectra=result.spectra, report=result.report, results=results)
     if report_json:
         write_report_json(report_json, results, source=result.source,
                           metrics={n: s.metrics() for n, s in result.spectra.items()})
@@ -83,3 +94,17 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
     click.echo(f"{len(results) - len(failed)}/{len(results)} checks passed" + ("" if not failed else "; collapse detected"))
     if failed:
         click.get_current_context().exit(EXIT_CHECK_FAILED)
+
+
+def _summarise(path: str | None, *, source: str, spectra=None, report=None, results=(), refused=None,
+               failure=None) -> None:
+    """The Markdown verdict to --summary-md and, when set, $GITHUB_STEP_SUMMARY (collapse_probe.check_summary)."""
+    import os
+
+    from collapse_probe.check_summary import STEP_SUMMARY_ENV, summary_markdown, write_summary
+
+    if path is None and not os.environ.get(STEP_SUMMARY_ENV):
+        return
+    text = summary_markdown(results, spectra, source=source, load_report=report.summary() if report else None,
+                            refused=refused, failure=failure)
+    write_summary(text, path)

@@ -1,0 +1,110 @@
+"""The verdict of ``collapse-probe check`` as a Markdown table, for a CI run's summary page.
+
+``collapse-probe check --summary-md FILE`` writes it to FILE and, when the environment variable
+``GITHUB_STEP_SUMMARY`` is set (GitHub Actions sets it for every step), appends the same text to
+that file, so the job's summary page shows each bound, the measured value, pass/fail, the sample
+count and how the checkpoint was loaded.
+
+>>> import torch
+>>> from collapse_probe.checks import run_checks
+>>> from collapse_probe.result import Spectrum
+>>> spectra = {"fc": Spectrum.from_embeddings(torch.randn(500, 4, dtype=torch.float64))}
+>>> print(summary_markdown(run_checks(spectra, min_effective_rank=2.0), spectra, source="ckpt.pt"))  # doctest: +ELLIPSIS
+### collapse-probe check: PASS (1/1 checks passed)
+<BLANKLINE>
+Source: `ckpt.pt`
+<BLANKLINE>
+| check | layer | value | required | result | samples |
+|---|---|---|---|---|---|
+| min-effective-rank | fc | 3.9... | >= 2 | ✅ pass | 500 |
+<BLANKLINE>
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collapse_probe.checks import CheckResult
+    from collapse_probe.result import Spectrum
+
+STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+
+
+def _cell(text: object) -> str:
+    """Table-safe: no pipes or newlines inside a cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(
+    results: Sequence[CheckResult],
+    spectra: Mapping[str, Spectrum] | None = None,
+    *,
+    source: str = "",
+    load_report: str | None = None,
+    refused: str | None = None,
+    failure: str | None = None,
+) -> str:
+    """The Markdown of one check run.
+
+    Args:
+        results: the evaluated checks (empty when the run was refused or failed before checking).
+        spectra: layer -> Spectrum, for the sample count of each row and a per-layer line when
+            no check could be judged.
+        source: the checkpoint or spectrum file checked.
+        load_report: :meth:`LoadReport.summary` of the checkpoint, shown in a collapsed block.
+        refused: why the bounds cannot be judged (:class:`~collapse_probe.checks.CannotJudgeError`);
+            the verdict is then CANNOT JUDGE.
+        failure: a finding that fails the run before any bound is checked (non-finite output).
+    """
+    spectra = spectra or {}
+    failed = [r for r in results if not r.passed]
+    if failure:
+        verdict = "FAIL"
+    elif refused:
+        verdict = "CANNOT JUDGE"
+    else:
+        verdict = "FAIL" if failed else "PASS"
+    counted = f" ({len(results) - len(failed)}/{len(results)} checks passed)" if results else ""
+    lines = [f"### collapse-probe check: {verdict}{counted}", ""]
+    if source:
+        lines += [f"Source: `{source}`", ""]
+    if failure:
+        lines += [f"**Failed:** {_cell(failure)}", ""]
+    if refused:
+        lines += [f"**Cannot judge** (exit 2, more samples needed): {_cell(refused)}", ""]
+    if results:
+        lines += ["| check | layer | value | required | result | samples |", "|---|---|---|---|---|---|"]
+        for r in results:
+            op = "<=" if r.check.startswith("max-collapsed") else ">="
+            value = r.detail or f"{r.value:.4g}"
+            samples = spectra[r.layer].n_samples if r.layer in spectra else ""
+            mark = "✅ pass" if r.passed else "❌ fail"
+            lines.append(f"| {_cell(r.check)} | {_cell(r.layer)} | {_cell(value)} | {op} {r.bound:.4g} | {mark} | {samples} |")
+        lines.append("")
+    elif spectra:
+        lines += ["| layer | dim | samples | effective rank |", "|---|---|---|---|"]
+        lines += [f"| {_cell(n)} | {s.dim} | {s.n_samples} | {s.effective_rank:.4g} |" for n, s in spectra.items()]
+        lines.append("")
+    if load_report:
+        lines += ["<details><summary>Load report</summary>", "", "```", load_report.strip(), "```", "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def write_summary(text: str, path: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``text`` to ``path`` (when given) and append it to ``$GITHUB_STEP_SUMMARY`` (when set)."""
+    written = []
+    if path is not None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        written.append(target)
+    step_summary = os.environ.get(STEP_SUMMARY_ENV)
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+        written.append(Path(step_summary))
+    return written
