@@ -370,15 +370,25 @@ class CovarianceAccumulator:
         """Chan-merge the per-dimension mean and M2 of this batch's L2-normalised rows: O(B d), no GEMM.
 
         Called before the rows are centred, with the count the moments get (dropped rows are zero
-        and carry weight 0). Rows already normalised (``normalize=True``) are used as they are.
+        and carry weight 0). With ``u_i = z_i / max(||z_i||, 1e-12)`` (``F.normalize``), the
+        batch's ``sum_i u_i`` and ``sum_i u_i^2`` are two matrix-vector products with the inverse
+        row norms -- no normalised copy of the batch -- and its M2 is ``sum u^2 - n mean^2``
+        within the batch (|u| <= 1, so the float64 round-off is below 1e-12 of a unit variance),
+        Chan-merged into the running moments. Measured: a quarter of the cost of normalising a
+        copy (docs/benchmarks.md).
         """
-        unit = values if self.normalize else F.normalize(values, dim=1)
-        unit_mean = unit.sum(dim=0) / safe_n_batch
-        centred = unit - unit_mean
+        if self.normalize:  # the rows are unit vectors already
+            inverse_norms = torch.ones(values.shape[0], dtype=values.dtype, device=values.device)
+        else:
+            inverse_norms = torch.linalg.vector_norm(values, dim=1).clamp_min(1e-12).reciprocal()
         if weights is not None:
-            centred = centred * weights
+            inverse_norms = inverse_norms * weights[:, 0]
+        unit_sum = torch.mv(values.T, inverse_norms)
+        unit_square_sum = torch.mv(values.square().T, inverse_norms.square())
+        unit_mean = unit_sum / safe_n_batch
+        unit_m2 = (unit_square_sum - unit_mean * unit_sum).clamp_min(0.0)
         self.unit_mean, self.unit_m2 = cpf.merge_diagonal_moments(
-            self.count, self.unit_mean, self.unit_m2, n_batch, unit_mean, centred.square().sum(dim=0))
+            self.count, self.unit_mean, self.unit_m2, n_batch, unit_mean, unit_m2)
 
     # ------------------------------------------------------ combine (derived from STATE)
     def _combine(self, theirs: dict[str, Any]) -> dict[str, Any]:
