@@ -88,7 +88,6 @@ def test_trainer_checkpoint_probes_representation_and_projector(tmp_path, image_
         (["spectrum", "{pt}", "--arch", "resnet18", "--data", "{empty}"], "no images"),
         (["spectrum", "{pt}", "--arch", "resnet18", "--data", "{missing}"], "does not exist"),
         (["spectrum", "{missing}", "--arch", "resnet18", "--data", "{images}"], "does not exist"),
-        (["spectrum", "{pt}", "--data", "{images}"], "--arch"),
         (["spectrum", "{pt}", "--arch", "resnet18", "--data", "{images}", "--strict"], "corrupt.jpg"),
         (["spectrum", "{pt}", "--arch", "resnet18", "--data", "{images}", "--layer", "layer9"], "layer9"),
         (["spectrum", "{pt}", "--arch", "resnet18", "--data", "{images}", "--device", "tpu"], "--device"),
