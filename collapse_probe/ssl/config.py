@@ -89,9 +89,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Rebuild a config, ignoring keys that this version does not know."""
+        """Rebuild a config, ignoring keys that this version does not know.
+
+        A setting a saved config lacks (it was written before the setting existed) takes the value
+        that reproduces how that run was trained (:data:`SETTINGS_BEFORE_THEY_EXISTED`), not
+        today's default, so ``--resume`` continues the same run.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        older = {k: v for k, v in SETTINGS_BEFORE_THEY_EXISTED.items() if k not in values}
+        return cls(**older, **{k: v for k, v in values.items() if k in known})
+
+
+#: How the trainer behaved before each of these settings was added (per-view BatchNorm and the
+#: DirectCLR code's online head came later): a saved config without the key was trained so.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"online_head": "sgd-bn", "joint_batchnorm": True}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,10 +213,7 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
 
     start_epoch = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if head is not None and ckpt.get("online_head") is not None:
-            head.load_state_dict(ckpt["online_head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _resume_states(ckpt, ckpt_path, model, head, optimizer)
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -332,3 +329,26 @@ def default_callbacks(config: TrainConfig) -> Callbacks:
     monitor = SpectrumMonitor(loader, every=config.monitor_every, plot_path=os.path.join(config.out, "spectra.png"),
                               last_epoch=config.epochs)
     return {"on_epoch_end": [monitor]}
+
+
+def _resume_states(ckpt: Mapping[str, Any], path: Path, model: nn.Module, head: nn.Module | None,
+                   optimizer: torch.optim.Optimizer) -> None:
+    """Load the model, online head and optimiser of a checkpoint, or refuse in one line.
+
+    A run is only continued as it was trained: a checkpoint whose modules or optimiser groups do
+    not fit this run's settings (another projector, online head or trainer version) is refused
+    with what to do, not half-loaded.
+    """
+    try:
+        model.load_state_dict(ckpt["model"])
+        if head is not None and ckpt.get("online_head") is not None:
+            head.load_state_dict(ckpt["online_head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CollapseProbeError(
+            f"--resume: {path} does not fit this run's model, online head or optimiser ({first}); it was "
+            "written with other settings or by an older trainer: resume with the settings it was trained "
+            "with (e.g. --online-head sgd-bn --joint-batchnorm for runs before per-view BatchNorm), or "
+            "start a new --out"
+        ) from None
