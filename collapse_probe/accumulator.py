@@ -95,10 +95,13 @@ CONVENTIONS = ("dim", "center", "ddof", "normalize")
 
 
 def stage_capacity(dim: int) -> int:
-    """Rows staged before one merge on a CPU: about 16 MiB of float64 rows, 256 to 4096 of them
-    (4096 at d = 512, where it makes the update 1.3x faster; 1024 at d = 2048, where the GEMM
-    dominates and staging neither gains nor costs: measured, docs/benchmarks.md)."""
-    return int(min(4096, max(256, 2**21 // dim)))
+    """Rows staged before one merge on a CPU: 4 MiB of float64 rows, 256 to 4096 of them.
+
+    1024 at d = 512, where staging makes the update 1.4x faster (as fast as 4096 rows, measured);
+    256 at d = 2048, where the GEMM dominates and staging neither gains nor costs
+    (docs/benchmarks.md). Small, so it adds little to the streaming path's peak memory.
+    """
+    return int(min(4096, max(256, 2**19 // dim)))
 
 
 class _SymmetricRankUpdate:
