@@ -8,7 +8,7 @@ from collapse_probe_cli.errors import EXIT_CHECK_FAILED
 
 
 @click.command("check")
-@click.argument("source", metavar="CKPT|SPECTRUM.json", type=click.Path(dir_okay=False))
+@click.argument("source", metavar="CKPT|SPECTRUM.json", type=click.Path())
 @click.option("--min-effective-rank", type=float, help="Fail when a layer's effective rank is below this.")
 @click.option("--min-rankme", type=float, help="Fail when a layer's RankMe is below this.")
 @click.option("--max-collapsed-fraction", type=float,

@@ -7,7 +7,7 @@ from collapse_probe_cli import options
 
 
 @click.command("layers")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path())
 @options.arch
 @options.image_size
 @options.device

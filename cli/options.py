@@ -82,13 +82,16 @@ arch_per_checkpoint = click.option("--arch", multiple=True, metavar="NAME", call
                                    help=ARCH_HELP + " Give it once for all checkpoints, or once per checkpoint, "
                                         "in their order.")
 trust_checkpoint = click.option("--trust-checkpoint", is_flag=True,
-                                help="Allow full unpickling (can run arbitrary code: only for files you trust).")
+                                help="Allow full unpickling, and the custom code a Hugging Face folder's config "
+                                     "names (auto_map): both can run arbitrary code, only for files you trust.")
 allow_partial = click.option("--allow-partial", is_flag=True,
                              help="Probe even when the checkpoint does not fit --arch (shape-mismatched or "
                                   "missing tensors, unexpected backbone keys): those parts stay random, and a "
                                   "warning and the load report say which.")
-data = click.option("--data", metavar="DIR|builtin:NAME",
-                    help="Image folder (searched recursively; class sub-folders fine) or builtin:digits.")
+data = click.option("--data", metavar="DIR|builtin:NAME|FILE.txt|FILE.jsonl",
+                    help="Image folder (searched recursively; class sub-folders fine) or builtin:digits; for "
+                         "a Hugging Face folder with a tokenizer, a .txt file (one text per line) or a .jsonl "
+                         "file (a 'text' field per line).")
 layer = click.option("--layer", "layers", multiple=True, metavar="NAME",
                      help="Module to probe, as `collapse-probe layers` lists it; repeat for several. "
                           "Default: the representation and, with a projector, the projector output.")

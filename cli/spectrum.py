@@ -7,13 +7,13 @@ from collapse_probe_cli import options
 
 
 @click.command("spectrum")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path())
 @options.probe_options
 @options.out
 @options.as_json
 @options.quiet
 def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **values) -> None:
-    """Covariance spectrum of CHECKPOINT's embeddings on a folder of images.
+    """Covariance spectrum of CHECKPOINT's embeddings on a folder of images (or texts).
 
     Prints one row per probed layer (effective rank, RankMe, collapsed dims, the dims too few
     images cannot show, stable rank, alpha-ReQ) and writes spectrum.json, spectrum.csv and the paper's sorted log-spectrum plot
@@ -28,6 +28,8 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
       collapse-probe spectrum r18.safetensors --arch resnet18 --data builtin:digits \\
           --image-size 32 --layer layer3 --layer fc --json
       collapse-probe spectrum nan_prone.pt --arch resnet18 --data val/ --skip-nonfinite
+      collapse-probe spectrum dinov2_folder/ --data val/          # a save_pretrained folder
+      collapse-probe spectrum bert_folder/ --data sentences.txt  # one text per line
     """
     from collapse_probe.pipeline import probe_checkpoint
     from collapse_probe.reports import (
@@ -51,7 +53,7 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
     elif not quiet:
         click.echo(format_table(result.spectra, result.roles))
     if not quiet:
-        for note in [*nonfinite_notes(result.spectra), *sample_limit_notes(result.spectra, "images")]:
+        for note in [*nonfinite_notes(result.spectra), *sample_limit_notes(result.spectra, "texts" if "n_texts" in result.source else "images")]:
             click.echo(f"Warning: {note}", err=True)
     if out is not None:
         paths = write_outputs(result, out)

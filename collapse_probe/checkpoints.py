@@ -2,6 +2,9 @@
 
 What :func:`load_encoder_with_report` recognises, in this order:
 
+* a Hugging Face ``save_pretrained`` folder (``config.json`` + weights): loaded with transformers'
+  ``AutoModel`` from that folder only, never running code shipped in it without
+  ``trust_checkpoint`` (:mod:`collapse_probe.hf_folder`);
 * a TorchScript archive (``torch.jit.save``) or a ``torch.export`` program (``.pt2``): the module
   is inside, no ``arch`` needed; only its output can be probed;
 * a ``.safetensors`` file: a state_dict, needs ``arch``;
@@ -72,6 +75,7 @@ from collapse_probe.encoders import (
     strip_classifier,
 )
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.hf_folder import is_hf_folder, load_hf_folder
 from collapse_probe.keymaps import flatten_vissl, remap_sequential_children
 
 TRAINER_FORMAT = "collapse-probe/trainer-v1"
@@ -204,6 +208,9 @@ class LoadedEncoder:
     report: LoadReport
     default_layers: dict[str, str] = field(default_factory=dict)
     image_size: int | None = None  # the training crop size, when the checkpoint records it
+    #: A Hugging Face folder's ``AutoImageProcessor`` and ``AutoTokenizer`` (None when it has none).
+    image_processor: Any = None
+    tokenizer: Any = None
 
 
 class ExportedEncoder(nn.Module):
@@ -607,6 +614,23 @@ def load_encoder_with_report(
     ('module.', ('module.fc.weight', 'module.fc.bias'), {'fc': 'representation'})
     """
     path = Path(path)
+    if is_hf_folder(path):
+        found = load_hf_folder(path, trust_checkpoint=trust_checkpoint, allow_partial=allow_partial)
+        fields = found.pop("report")
+        if arch is not None:
+            fields["notes"] += (f"--arch {arch} ignored: the folder's config.json names the architecture",)
+        loaded = LoadedEncoder(report=LoadReport(str(path), **fields), **found)
+    else:
+        loaded = _load_file(path, arch, trust_checkpoint, allow_partial)
+    if loaded.report.partial:
+        warnings.warn(f"{path}: partial load allowed, part of the model stays randomly initialised: "
+                      + "; ".join(loaded.report.problems()), PartialLoadWarning, stacklevel=2)
+    loaded.model.eval()
+    return loaded
+
+
+def _load_file(path: Path, arch: str | None, trust_checkpoint: bool, allow_partial: bool) -> LoadedEncoder:
+    """A checkpoint file (not a folder) as a :class:`LoadedEncoder` (module docstring)."""
     kind, obj = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     if kind in ("torchscript", "export"):
         model = ExportedEncoder(obj.module()) if kind == "export" else obj
@@ -622,10 +646,6 @@ def load_encoder_with_report(
     else:
         label = {"safetensors": "safetensors state_dict", "torch": "state_dict"}[kind]
         loaded = _arch_model(path, label, obj, arch, allow_partial)
-    if loaded.report.partial:
-        warnings.warn(f"{path}: partial load allowed, part of the model stays randomly initialised: "
-                      + "; ".join(loaded.report.problems()), PartialLoadWarning, stacklevel=2)
-    loaded.model.eval()
     return loaded
 
 

@@ -16,10 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from collapse_probe.checkpoints import load_encoder_with_report
-from collapse_probe.data.images import open_images
+from collapse_probe.checkpoints import LoadedEncoder, load_encoder_with_report
+from collapse_probe.data.images import eval_transform, open_images
+from collapse_probe.data.text import is_text_data, model_max_length, open_texts
 from collapse_probe.devices import parse_device
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.hf_folder import (
+    PROCESSOR_CONFIG,
+    ProcessorTransform,
+    describe_processor,
+    processor_size,
+)
 from collapse_probe.probe import spectrum
 from collapse_probe.reports import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
 from collapse_probe.result import Spectrum
@@ -133,12 +140,25 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig,
     and embedding when it has a projector), else its output. All layers of all checkpoints are
     captured in the same pass and solved in one batched call (equal dimensions share one
     ``eigvalsh``), through :func:`collapse_probe.spectrum`. ``archs`` gives each checkpoint its
-    own architecture (default: ``config.arch`` for all).
+    own architecture (default: ``config.arch`` for all). Hugging Face folders that prepare their
+    own inputs (an image processor, a tokenizer) and text data are probed one pass per checkpoint;
+    :func:`open_data` says how the data is opened.
     """
     device = parse_device(config.device)
     archs = per_checkpoint_archs(config.arch if archs is None else archs, len(paths))
     loaded = [load_encoder_with_report(p, arch, trust_checkpoint=config.trust_checkpoint,
                                        allow_partial=config.allow_partial) for p, arch in zip(paths, archs, strict=True)]
+    if len(loaded) > 1 and (is_text_data(config.data.data)
+                            or any(i.image_processor is not None or i.tokenizer is not None for i in loaded)):
+        # each model prepares its own inputs (its image processor or tokenizer): one pass each
+        return [result for i in range(len(loaded))
+                for result in _probe_loaded(list(paths[i:i + 1]), loaded[i:i + 1], config, device)]
+    return _probe_loaded(list(paths), loaded, config, device)
+
+
+def _probe_loaded(paths: list[str | Path], loaded: list[LoadedEncoder], config: ProbeConfig,
+                  device: torch.device) -> list[ProbeResult]:
+    """One pass of the data through the loaded models (:func:`probe_checkpoints`)."""
     plans = [_layer_plan(item.default_layers, config.layers) for item in loaded]
     if len(loaded) == 1:  # one model: hook it directly, so messages name its own modules
         target: nn.Module = loaded[0].model
@@ -148,32 +168,76 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig,
         target = ModelBundle([item.model for item in loaded])
         keys = [[f"models.m{i}.{name}" for name in plan] or [f"outputs.m{i}"] for i, plan in enumerate(plans)]
         hooks = [key for group in keys for key in group]
+    loader, data_source = open_data(paths, loaded, config.data, device)
     d = config.data
-    if d.image_size is None:
-        trained_sizes = {item.image_size for item in loaded if item.image_size}
-        d = replace(d, image_size=trained_sizes.pop() if len(trained_sizes) == 1 else DEFAULT_IMAGE_SIZE)
-    for path, item in zip(paths, loaded, strict=True):
-        check_image_size(item.model, d.image_size, f"{Path(path).name}: this model")
-    loader = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
-                         workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
     solved = spectrum(target, loader, layers=hooks, device=device, normalize=config.normalize,
                       max_samples=d.max_samples, precision=config.precision, progress=config.progress,
                       repeated_calls=config.repeated_calls, skip_nonfinite=config.skip_nonfinite,
                       groups=config.groups)
     if not isinstance(solved, dict):
         solved = {OUTPUT_NAME: solved}
+    if "n_unreadable_skipped" in data_source:  # counted during the pass
+        data_source["n_unreadable_skipped"] = loader.n_skipped
     results = []
     for path, item, plan, group in zip(paths, loaded, plans, keys, strict=True):
         names = list(plan) or [OUTPUT_NAME]
         spectra = {name: _relabel(solved[key], name) for name, key in zip(names, group, strict=True)}
         roles = {name: role for name, role in plan.items() if role} or {OUTPUT_NAME: "output"}
         source = {"checkpoint": str(path), "loaded_as": item.report.kind, "arch": item.report.arch,
-                  "data": str(d.data), "n_images": loader.n_images, "n_unreadable_skipped": loader.n_skipped,
-                  "image_size": d.image_size, "resize": d.resize or int(d.image_size * 256 / 224),
-                  "precision": config.precision or "fp32", "device": str(device), "load": item.report.to_dict(),
-                  "skip_nonfinite": config.skip_nonfinite}
+                  **data_source, "precision": config.precision or "fp32", "device": str(device),
+                  "load": item.report.to_dict(), "skip_nonfinite": config.skip_nonfinite}
         results.append(ProbeResult(spectra, roles, source, item.report))
     return results
+
+
+def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: DataConfig,
+              device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The batches of ``d.data`` for these models, and what to record of them in ``source``.
+
+    * a ``.txt``/``.jsonl`` file: tokenizer batches by the one model's tokenizer
+      (:mod:`collapse_probe.data.text`);
+    * images for a Hugging Face folder with an image processor: preprocessed by that processor
+      (its resize, crop and normalisation), unless ``image_size`` or ``resize`` is given, which
+      selects the evaluation transform at that size with the processor's mean and std;
+    * images otherwise: :func:`~collapse_probe.data.images.open_images` at ``d.image_size`` (None:
+      the checkpoint's training crop size, else 224), refused early when a model needs another size.
+    """
+    first = loaded[0]
+    if is_text_data(d.data):
+        if first.tokenizer is None:
+            raise CollapseProbeError(f"--data {d.data} is text, but {paths[0]} has no tokenizer: text needs a "
+                                     "Hugging Face folder with its tokenizer files (save_pretrained)")
+        texts = open_texts(d.data, first.tokenizer, batch_size=d.batch_size, max_samples=d.max_samples,
+                           max_length=model_max_length(first.tokenizer, first.model))
+        return texts, {"data": str(d.data), "n_texts": texts.n_texts, "n_blank_lines_skipped": texts.n_skipped,
+                       "max_length": texts.max_length}
+    if len(loaded) == 1 and first.tokenizer is not None and first.image_processor is None:
+        raise CollapseProbeError(f"{paths[0]} is a text model (a tokenizer, no image processor): give --data "
+                                 "FILE.txt (one text per line) or FILE.jsonl (a 'text' field)")
+    processor = first.image_processor if len(loaded) == 1 else None
+    transform = None
+    if processor is not None and d.image_size is None and d.resize is None:
+        images = open_images(d.data, transform=ProcessorTransform(processor), batch_size=d.batch_size,
+                             workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
+        return images, {"data": str(d.data), "n_images": images.n_images, "n_unreadable_skipped": images.n_skipped,
+                        "image_size": processor_size(processor), "resize": None,
+                        "preprocessing": f"{PROCESSOR_CONFIG}: {describe_processor(processor)}"}
+    if d.image_size is None:
+        trained_sizes = {item.image_size for item in loaded if item.image_size}
+        d = replace(d, image_size=trained_sizes.pop() if len(trained_sizes) == 1 else DEFAULT_IMAGE_SIZE)
+    for path, item in zip(paths, loaded, strict=True):
+        check_image_size(item.model, d.image_size, f"{Path(path).name}: this model")
+    if processor is not None:
+        transform = eval_transform(d.image_size, d.resize, mean=processor.image_mean, std=processor.image_std)
+    images = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
+                         workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device,
+                         transform=transform)
+    source = {"data": str(d.data), "n_images": images.n_images, "n_unreadable_skipped": images.n_skipped,
+              "image_size": d.image_size, "resize": d.resize or int(d.image_size * 256 / 224)}
+    if processor is not None:
+        source["preprocessing"] = ("evaluation transform at --image-size/--resize with the mean and std of "
+                                   f"{PROCESSOR_CONFIG} (its own resize and crop not used)")
+    return images, source
 
 
 def probe_checkpoint(path: str | Path, config: ProbeConfig) -> ProbeResult:

@@ -285,30 +285,34 @@ def open_images(
     strict: bool = False,
     device: str | torch.device | None = None,
     gpu_decode: bool | None = None,
+    transform: Any = None,
 ) -> SkippingLoader:
     """Open an image folder or ``builtin:NAME`` as batches of normalised ``(B, 3, S, S)`` tensors.
 
     ``gpu_decode`` (default: when ``device`` is CUDA and ``data`` is a folder) uses
     :class:`TensorDecodeLoader`; otherwise PIL in ``workers`` DataLoader processes. Built-in data
-    sets use their ``val`` split.
+    sets use their ``val`` split. ``transform`` (PIL RGB image -> ``(3, H, W)`` tensor, e.g. a
+    Hugging Face image processor) replaces the evaluation transform, ``image_size`` and
+    ``resize``, and always runs on the PIL path.
 
     >>> loader = open_images("builtin:digits", image_size=16, batch_size=100, max_samples=200)
     >>> [tuple(x.shape) for x in loader], loader.n_skipped
     ([(100, 3, 16, 16), (100, 3, 16, 16)], 0)
     """
-    transform = eval_transform(image_size, resize)
+    given = transform
+    transform = given or eval_transform(image_size, resize)
     if is_builtin(str(data)):
         # built-in images are small and centred: resize whole (no crop), normalise by their own
         # statistics, as the trainer's evaluation does
         info = builtin_info(str(data))
-        transform = eval_transform(image_size, resize or image_size, mean=info.mean, std=info.std)
+        transform = given or eval_transform(image_size, resize or image_size, mean=info.mean, std=info.std)
         dataset: torch.utils.data.Dataset = _BuiltinItems(builtin_dataset(str(data), split="val", transform=transform))
         if max_samples is not None and max_samples < len(dataset):
             dataset = torch.utils.data.Subset(dataset, range(max_samples))
     else:
         files = list_images(data, max_samples=max_samples)
         cuda = device is not None and torch.device(device).type == "cuda"
-        if gpu_decode if gpu_decode is not None else cuda:
+        if given is None and (gpu_decode if gpu_decode is not None else cuda):
             loader = TensorDecodeLoader(files, batch_size=batch_size, image_size=image_size, resize=resize,
                                         device=device or "cuda", threads=max(workers, 4))
             return SkippingLoader(loader, strict=strict, n_images=len(files))

@@ -1,0 +1,219 @@
+"""Hugging Face ``save_pretrained`` folders (``config.json`` + weights) as encoders ready to probe.
+
+A folder is read with transformers' Auto classes from that folder only: ``local_files_only=True``
+and ``HF_HUB_OFFLINE=1`` while loading, so nothing is ever fetched. Code shipped in the folder is
+never run: a ``config.json`` (or tokenizer / image-processor config) whose ``auto_map`` names
+custom modeling code is refused unless ``trust_checkpoint=True`` (the CLI's
+``--trust-checkpoint``, the flag that also guards unpickling), which passes
+``trust_remote_code=True``. Weights come from ``.safetensors`` when the folder has one.
+
+The model is ``AutoModel`` (the bare encoder: heads such as ``cls.*`` of a masked-LM checkpoint
+are dropped and listed). ViT-MAE is loaded with ``mask_ratio=0``: every patch is kept (in a
+random order, which mean pooling does not see), so the probe is deterministic. What is probed by
+default is the model output's ``last_hidden_state``, averaged over tokens (over the real tokens,
+by the attention mask, for text).
+
+The folder's ``preprocessor_config.json`` (``AutoImageProcessor``) preprocesses images exactly as
+it says (resize, crop, rescale, normalise); its tokenizer (``AutoTokenizer``) turns text into
+batches. transformers is an optional dependency: ``pip install "collapse-probe[hf]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from collapse_probe.errors import CollapseProbeError
+
+CONFIG = "config.json"
+PROCESSOR_CONFIG = "preprocessor_config.json"
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
+#: Missing keys under these names are not on the probed path (the pooler feeds ``pooler_output``).
+HARMLESS_MISSING_PREFIXES = ("pooler.",)
+INSTALL_HINT = 'pip install "collapse-probe[hf]"'
+
+
+def is_hf_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding ``config.json`` (what ``save_pretrained`` writes).
+
+    >>> is_hf_folder(".")
+    False
+    """
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG).is_file()
+
+
+def import_transformers(path: str | os.PathLike) -> Any:
+    """``transformers``, or a one-line :class:`CollapseProbeError` naming the extra to install."""
+    try:
+        with offline():
+            import transformers
+    except ImportError:
+        raise CollapseProbeError(f"{path} is a Hugging Face folder: loading it needs transformers "
+                                 f"({INSTALL_HINT})") from None
+    return transformers
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` for the duration (restored afterwards), on top of ``local_files_only``."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CollapseProbeError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(value, dict):
+        raise CollapseProbeError(f"{path}: not a JSON object")
+    return value
+
+
+def custom_code(folder: Path) -> list[str]:
+    """``"file: auto_map entry"`` for every config in ``folder`` that names custom Python code."""
+    found = []
+    for name in (CONFIG, PROCESSOR_CONFIG, "tokenizer_config.json", "processor_config.json"):
+        if (folder / name).is_file():
+            auto_map = _read_json(folder / name).get("auto_map")
+            if auto_map:
+                entries = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+                found += [f"{name}: {entry}" for entry in entries]
+    return found
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers: Any) -> Iterator[None]:
+    """No "Loading weights" progress bars while loading (restored afterwards)."""
+    logging = transformers.utils.logging
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
+def processor_size(processor: Any) -> int | None:
+    """The side of the square images an image processor produces (its crop, else its resize), or None."""
+    def side(size: Any) -> int | None:
+        if size is None:
+            return None
+        get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+        height, width = get("height"), get("width")
+        if height and height == width:
+            return int(height)
+        return None
+
+    if getattr(processor, "do_center_crop", False):
+        return side(getattr(processor, "crop_size", None))
+    return side(getattr(processor, "size", None))
+
+
+class ProcessorTransform:
+    """PIL image -> ``(3, H, W)`` tensor by a Hugging Face image processor (picklable for workers)."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def describe_processor(processor: Any) -> str:
+    """``"ViTImageProcessor: resize {...}, crop ..., mean (...), std (...)"`` in one line."""
+    parts = [type(processor).__name__ + ":"]
+    if getattr(processor, "do_resize", False):
+        size = getattr(processor, "size", None)
+        shown = {k: v for k, v in dict(size).items() if v} if size is not None else size
+        parts.append(f"resize {shown}")
+    if getattr(processor, "do_center_crop", False):
+        parts.append(f"centre crop {processor_size(processor)}")
+    if getattr(processor, "do_normalize", False):
+        parts.append(f"mean {tuple(round(m, 4) for m in processor.image_mean)}, "
+                     f"std {tuple(round(s, 4) for s in processor.image_std)}")
+    return " ".join(parts[:1]) + " " + ", ".join(parts[1:])
+
+
+def load_hf_folder(path: str | os.PathLike, *, trust_checkpoint: bool = False,
+                   allow_partial: bool = False) -> dict[str, Any]:
+    """Load a ``save_pretrained`` folder: the :class:`~collapse_probe.checkpoints.LoadedEncoder`
+    fields ``model``, ``report`` (keyword arguments of ``LoadReport``), ``image_size``,
+    ``image_processor`` and ``tokenizer`` (None when the folder has none).
+
+    Raises :class:`CollapseProbeError` for custom code without ``trust_checkpoint``, for a missing
+    transformers, and for weights that leave part of the model random (without ``allow_partial``).
+    """
+    folder = Path(path)
+    shipped = custom_code(folder)
+    if shipped and not trust_checkpoint:
+        raise CollapseProbeError(f"{folder}: its config names custom code shipped with the model ({shipped[0]}): "
+                                 "refusing to import it. Rerun with --trust-checkpoint (trust_checkpoint=True) "
+                                 "only if you trust its source")
+    config = _read_json(folder / CONFIG)
+    transformers = import_transformers(folder)
+    safetensors = sorted(p.name for p in folder.glob("*.safetensors"))
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": bool(shipped)}
+    if safetensors:
+        kwargs["use_safetensors"] = True
+    notes = []
+    if config.get("model_type") == "vit_mae":
+        kwargs["mask_ratio"] = 0.0
+        notes.append("ViT-MAE loaded with mask_ratio=0: every patch is encoded (no random masking)")
+    with offline(), _quiet_transformers(transformers):
+        try:
+            model, info = transformers.AutoModel.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+        except (OSError, ValueError, KeyError) as error:
+            raise CollapseProbeError(f"{folder}: transformers cannot load it ({_first_line(error)})") from None
+        image_processor = tokenizer = None
+        if (folder / PROCESSOR_CONFIG).is_file():
+            image_processor = transformers.AutoImageProcessor.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=bool(shipped))
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=bool(shipped))
+    missing = tuple(sorted(info.get("missing_keys", ())))
+    mismatched = tuple(sorted(str(k) for k in info.get("mismatched_keys", ())))
+    unexpected = tuple(sorted(info.get("unexpected_keys", ())))
+    harmless = tuple(k for k in missing if k.startswith(HARMLESS_MISSING_PREFIXES))
+    missing = tuple(k for k in missing if k not in harmless)
+    random_parts = missing + mismatched
+    if random_parts and not allow_partial:
+        raise CollapseProbeError(f"{folder}: {len(random_parts)} of {type(model).__name__}'s tensors are not in the "
+                                 f"weights ({', '.join(random_parts[:3])}) and would stay random. Pass "
+                                 "--allow-partial (allow_partial=True) to probe a partly random network anyway")
+    n_expected = len(model.state_dict())
+    notes.insert(0, "weights from " + (", ".join(safetensors) if safetensors else "the folder's PyTorch weights"))
+    if harmless:
+        notes.append(f"{len(harmless)} tensors not in the weights and not probed stay random ({', '.join(harmless)})")
+    if shipped:
+        notes.append(f"custom code imported (--trust-checkpoint): {shipped[0]}")
+    if image_processor is not None:
+        notes.append(f"images preprocessed by {PROCESSOR_CONFIG}: {describe_processor(image_processor)}")
+    if tokenizer is not None:
+        notes.append(f"texts tokenised by {type(tokenizer).__name__} from the folder")
+    report = {"kind": "Hugging Face folder", "arch": type(model).__name__, "arch_library": "transformers",
+              "n_loaded": n_expected - len(missing) - len(harmless), "n_expected": n_expected, "missing_keys": missing,
+              "unexpected_keys": unexpected, "mismatched_keys": mismatched,
+              "unexpected_backbone_keys": (), "notes": tuple(notes)}
+    return {"model": model, "report": report, "image_size": processor_size(image_processor) if image_processor else None,
+            "image_processor": image_processor, "tokenizer": tokenizer}
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -1,0 +1,156 @@
+"""`collapse-probe spectrum` on Hugging Face save_pretrained folders: BERT on .txt/.jsonl text,
+DINOv2 / ViT-MAE on images through their saved image processor, auto_map refused, and a missing
+transformers named in one line. Tiny random configs saved into tmp folders: no download."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from collapse_probe import spectrum
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = "the a cat dog model river city music data light small green quickly under over runs".split()
+QUIET = ["--workers", "0", "--batch-size", "3", "--quiet", "--json"]
+
+
+def _sentences(n: int = 11) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    folder = root / "model"
+    transformers.BertModel(config).save_pretrained(folder)
+    transformers.BertTokenizer(vocab_file=str(vocab)).save_pretrained(folder)
+    return folder
+
+
+def _dino_folder(root):
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, image_size=24, patch_size=8)
+    transformers.Dinov2Model(config).save_pretrained(root)
+    transformers.BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 24, "width": 24}).save_pretrained(root)
+    return root
+
+
+def _reference(folder, batches):
+    """The library's spectrum() on the model loaded by transformers itself, on the same batches."""
+    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    return spectrum(model, batches, progress=False)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_bert_folder_on_text_equals_library_spectrum_on_tokenized_batches(invoke, bert_folder, tmp_path, suffix):
+    texts = _sentences()
+    data = tmp_path / f"texts{suffix}"
+    lines = texts if suffix == ".txt" else [json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)]
+    data.write_text("\n".join(lines[:5]) + "\n\n" + "\n".join(lines[5:]) + "\n")  # one blank line, skipped
+    code, out, err = invoke(["spectrum", bert_folder, "--data", data, "--out", tmp_path / "o", *QUIET])
+    assert code == 0, err
+    report = json.loads(out)
+    source = report["source"]
+    assert source["n_texts"] == len(texts) and source["n_blank_lines_skipped"] == 1
+    assert source["load"]["kind"] == "Hugging Face folder" and source["arch"] == "BertModel"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(bert_folder), local_files_only=True)
+    batches = [dict(tokenizer(texts[i:i + 3], padding=True, truncation=True, max_length=32, return_tensors="pt"))
+               for i in range(0, len(texts), 3)]
+    assert any((b["attention_mask"] == 0).any() for b in batches)  # padding present: the mask matters
+    expected = _reference(bert_folder, batches).eigenvalues.numpy()
+    got = np.array(report["layers"]["output"]["eigenvalues"])
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-10 * expected.max())
+
+
+def test_dinov2_folder_uses_its_image_processor(invoke, image_folder, tmp_path):
+    folder = _dino_folder(tmp_path / "dino")
+    code, out, err = invoke(["spectrum", folder, "--data", image_folder, "--out", tmp_path / "o", *QUIET])
+    assert code == 0, err
+    source = json.loads(out)["source"]
+    assert source["image_size"] == 24 and "BitImageProcessor" in source["preprocessing"]
+    assert source["n_images"] == 10 and source["n_unreadable_skipped"] == 1
+    assert any("preprocessor_config.json" in note for note in source["load"]["notes"])
+    # the same as the processor's own pixel_values through the library
+    from collapse_probe.data.images import list_images, load_image
+
+    processor = transformers.AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    pixels = []
+    for path in list_images(image_folder):
+        try:
+            pixels.append(processor(images=load_image(path), return_tensors="pt")["pixel_values"])
+        except Exception:  # noqa: BLE001 - the corrupt file
+            continue
+    assert pixels[0].shape[-1] == 24
+    x = torch.cat(pixels)
+    expected = _reference(folder, [x[i:i + 3] for i in range(0, len(x), 3)]).eigenvalues.numpy()
+    got = np.array(json.loads(out)["layers"]["output"]["eigenvalues"])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-9 * expected.max())
+
+
+def test_vit_mae_folder_is_probed_without_random_masking(invoke, image_folder, tmp_path):
+    folder = tmp_path / "mae"
+    torch.manual_seed(0)
+    config = transformers.ViTMAEConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, image_size=16, patch_size=8, decoder_hidden_size=16,
+                                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                                       decoder_intermediate_size=32)
+    transformers.ViTMAEModel(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    runs = [invoke(["spectrum", folder, "--data", image_folder, "--out", tmp_path / f"o{i}", *QUIET]) for i in range(2)]
+    assert all(code == 0 for code, _, _ in runs), runs[0][2]
+    first, second = (json.loads(out) for _, out, _ in runs)
+    assert first["source"]["image_size"] == 16 and first["source"]["arch"] == "ViTMAEModel"
+    assert any("mask_ratio=0" in note for note in first["source"]["load"]["notes"])
+    # equal up to float32 summation order (the kept patches come in a random order); random
+    # masking of 75% of the patches would change the spectrum entirely
+    a, b = (np.array(r["layers"]["output"]["eigenvalues"]) for r in (first, second))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9 * a.max())
+
+
+def test_auto_map_custom_code_is_refused_and_never_imported(invoke, bert_folder, tmp_path):
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    for item in bert_folder.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    marker = tmp_path / "IMPORTED"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(_sentences(4)))
+    code, out, err = invoke(["spectrum", folder, "--data", data, "--out", tmp_path / "o", *QUIET])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "custom code" in err and "--trust-checkpoint" in err
+    assert not marker.exists()
+
+
+def test_missing_transformers_is_named_in_one_line(invoke, bert_folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(_sentences(4)))
+    code, _, err = invoke(["spectrum", bert_folder, "--data", data, "--out", tmp_path / "o", "--quiet"])
+    assert code == 2 and err.count("\n") == 1
+    assert 'pip install "collapse-probe[hf]"' in err and "transformers" in err
+
+
+def test_text_data_needs_a_tokenizer_and_a_text_model_needs_text(invoke, bert_folder, image_folder, checkpoints,
+                                                                 tmp_path):
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(_sentences(4)))
+    code, _, err = invoke(["spectrum", checkpoints["pt"], "--arch", "resnet18", "--data", data, *QUIET])
+    assert code == 2 and "no tokenizer" in err
+    code, _, err = invoke(["spectrum", bert_folder, "--data", image_folder, *QUIET])
+    assert code == 2 and "text model" in err
