@@ -50,6 +50,9 @@ class SpectrumMonitor:
         metrics_path: where :meth:`log` appends rows (the trainer writes its own rows instead).
         plot_path: a PNG redrawn after each probe: log eigenvalues, one line per epoch.
         last_epoch: an epoch to probe whatever ``every`` says (the trainer passes its last).
+        loggers: experiment trackers, each handed every probe on the main process
+            (``collapse_probe.integrations.loggers``: ``TensorBoardLogger(writer)``,
+            ``WandbLogger(run)``, ``MLflowLogger()``; anything with the same ``log_probe``).
 
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -71,6 +74,7 @@ class SpectrumMonitor:
         metrics_path: str | os.PathLike | None = None,
         plot_path: str | os.PathLike | None = None,
         last_epoch: int | None = None,
+        loggers: Sequence[Any] = (),
     ):
         if layers is None:
             layers = DEFAULT_LAYERS
@@ -78,6 +82,7 @@ class SpectrumMonitor:
         self.loader, self.every, self.max_samples = loader, max(1, int(every)), max_samples
         self.normalize, self.device = normalize, device
         self.metrics_path, self.plot_path, self.last_epoch = metrics_path, plot_path, last_epoch
+        self.loggers = list(loggers)
         self.history: list[tuple[int, dict[str, Any]]] = []  # (epoch, {display name: Spectrum})
 
     def probe(self, model: nn.Module) -> dict[str, Any]:
@@ -117,6 +122,7 @@ class SpectrumMonitor:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         self._save_plot()
+        self._send(row, int(epoch))
         return row
 
     def __call__(self, state: Any) -> None:
@@ -126,6 +132,14 @@ class SpectrumMonitor:
         state.row.update(self.probe(state.model))
         self.history.append((state.epoch, self._last))
         self._save_plot()
+        self._send(state.row, state.epoch)
+
+    def _send(self, row: Mapping[str, Any], epoch: int) -> None:
+        # every rank holds the same row (the probe all-reduced); trackers hear it once
+        if not self.loggers or not is_main_process():
+            return
+        for logger in self.loggers:
+            logger.log_probe(row, epoch=epoch, spectra=self._last, history=self.history)
 
     def _save_plot(self) -> None:
         if self.plot_path is None or not self.history or not is_main_process():

@@ -1,0 +1,104 @@
+"""A Hugging Face ``Trainer`` callback that probes covariance spectra at every evaluation.
+
+``pip install "collapse-probe[hf]"``::
+
+    from collapse_probe.integrations.transformers import SpectrumCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val)
+    SpectrumCallback(probe_loader, layers={"cls": "bert.encoder.layer.11"}).attach(trainer)
+    trainer.train()
+
+After each ``trainer.evaluate()`` (``eval_strategy="steps"``/``"epoch"``, or called by hand) it
+streams ``probe_loader`` once through ``collapse_probe.spectrum`` on the model (tokenizer dict
+batches work as they come) and logs every scalar metric as ``eval_collapse/<layer>/<metric>``
+(named like the Trainer's own ``eval_loss``) with ``trainer.log``: a record of its own in
+``state.log_history``, and every reporter of ``report_to`` gets it (TensorBoard and W&B show it
+as ``eval/collapse/<layer>/<metric>``, by the reporters' ``eval_`` -> ``eval/`` rewrite). The metrics are also added to the dict
+``evaluate()`` returns. A ``TrainerCallback`` is not handed its ``Trainer``, hence ``attach``;
+passed as ``Trainer(callbacks=[...])`` instead, the record still lands in ``state.log_history``
+but the reporters do not see it (a warning says so). Under DDP every rank probes its share of
+the batches and ``spectrum`` all-reduces, so all ranks hold the same values; files and
+``loggers`` are written by rank zero only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from collapse_probe.integrations.loggers import scalar_metrics
+from collapse_probe.integrations.shard import rank_shard
+from collapse_probe.monitor import SpectrumMonitor
+
+try:
+    from transformers import TrainerCallback
+except ImportError as error:
+    raise ImportError(
+        'collapse_probe.integrations.transformers needs transformers: pip install "collapse-probe[hf]"'
+    ) from error
+
+
+class SpectrumCallback(TrainerCallback):
+    """Probe spectra after evaluation and log ``<prefix>/<layer>/<metric>`` through ``trainer.log``.
+
+    Args:
+        loader: held-out batches as ``collapse_probe.spectrum`` takes them (tokenizer dicts too).
+        layers: display name -> module name in the model; a sequence uses the names as they are;
+            ``None`` probes the model output (``last_hidden_state``, masked mean), as ``output``.
+        module: a submodule of the model to probe (``"bert"`` of a ``BertForSequenceClassification``).
+        every_n_evals: probe at evaluations ``n, 2n, ...``.
+        max_samples, normalize: as ``spectrum``.
+        prefix: metric name prefix.
+        metrics_path, plot_path, loggers: as :class:`SpectrumMonitor` (rank zero only); their
+            ``"epoch"`` is the evaluation's index (1, 2, ...), ``"step"`` the global step.
+    """
+
+    def __init__(
+        self,
+        loader: Any,
+        *,
+        layers: Mapping[str, str] | Sequence[str] | None = None,
+        module: str | None = None,
+        every_n_evals: int = 1,
+        max_samples: int | None = None,
+        normalize: bool = False,
+        prefix: str = "eval_collapse",
+        metrics_path: str | os.PathLike | None = None,
+        plot_path: str | os.PathLike | None = None,
+        loggers: Sequence[Any] = (),
+    ):
+        self.loader, self.module, self.prefix = loader, module, prefix
+        self.monitor = SpectrumMonitor(
+            loader, layers={"output": ""} if layers is None else layers, every=every_n_evals,
+            max_samples=max_samples, normalize=normalize, metrics_path=metrics_path, plot_path=plot_path,
+            loggers=loggers,
+        )
+        self.trainer: Any = None
+        self.evaluations = 0
+        self.last_row: dict[str, Any] | None = None
+
+    def attach(self, trainer: Any) -> SpectrumCallback:
+        """``trainer.add_callback(self)``, keeping the trainer so that ``trainer.log`` reaches its reporters."""
+        self.trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, model: Any = None, metrics: Any = None,
+                    **kwargs: Any) -> None:
+        self.evaluations += 1
+        if model is None or not self.monitor.due(self.evaluations):
+            return
+        probed = model.get_submodule(self.module) if self.module else model
+        self.monitor.loader = rank_shard(self.loader)
+        self.last_row = self.monitor.log(probed, epoch=self.evaluations, extra={"step": state.global_step})
+        logs = scalar_metrics(self.last_row, self.prefix)
+        if metrics is not None:
+            metrics.update(logs)
+        if self.trainer is not None:
+            self.trainer.log(dict(logs))  # log_history + on_log of every reporter
+            return
+        warnings.warn("SpectrumCallback was not attached (SpectrumCallback(...).attach(trainer)): its metrics "
+                      "are in state.log_history but the report_to loggers did not get them", stacklevel=2)
+        state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
