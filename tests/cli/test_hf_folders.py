@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -154,3 +155,41 @@ def test_text_data_needs_a_tokenizer_and_a_text_model_needs_text(invoke, bert_fo
     assert code == 2 and "no tokenizer" in err
     code, _, err = invoke(["spectrum", bert_folder, "--data", image_folder, *QUIET])
     assert code == 2 and "text model" in err
+
+
+def test_trust_checkpoint_runs_the_folders_own_model_code(invoke, bert_folder, tmp_path):
+    """With --trust-checkpoint the auto_map class is imported from the folder and probed: here a
+    BertModel subclass whose output is halved, so its spectrum is a quarter of the plain one.
+    (transformers copies the code into its modules cache, named after the folder: a fresh name
+    each run keeps an older copy from being used.)"""
+    folder = tmp_path / f"half_bert_{uuid.uuid4().hex[:12]}"
+    folder.mkdir()
+    for item in bert_folder.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    marker = tmp_path / "IMPORTED"
+    (folder / "modeling_half.py").write_text(
+        "from transformers import BertModel\n"
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "class HalfBert(BertModel):\n"
+        "    def forward(self, *args, **kwargs):\n"
+        "        out = super().forward(*args, **kwargs)\n"
+        "        out.last_hidden_state = out.last_hidden_state * 0.5\n"
+        "        return out\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_half.HalfBert"}
+    (folder / "config.json").write_text(json.dumps(config))
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(_sentences(12)))
+    code, _, err = invoke(["spectrum", bert_folder, "--data", data, "--out", tmp_path / "plain", *QUIET])
+    assert code == 0, err
+    code, _, err = invoke(["spectrum", folder, "--data", data, "--trust-checkpoint", "--out", tmp_path / "half",
+                           *QUIET])
+    assert code == 0, err
+    assert marker.exists()
+    plain = json.loads((tmp_path / "plain" / "spectrum.json").read_text())
+    half = json.loads((tmp_path / "half" / "spectrum.json").read_text())
+    layer = next(iter(plain["layers"])) if "layers" in plain else None
+    plain_values = np.array((plain["layers"][layer] if layer else plain)["eigenvalues"])
+    half_values = np.array((half["layers"][layer] if layer else half)["eigenvalues"])
+    np.testing.assert_allclose(half_values, plain_values / 4, rtol=0, atol=1e-9 * plain_values[0])
