@@ -31,21 +31,27 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=g), torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=g)
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file store, not a TCP port picked earlier (no race for the port), and every DDP wrapper kept
+    # alive until after a barrier: a wrapper destroyed while its process group still runs work
+    # aborted a worker once in six full-suite runs ("terminate called without an active exception").
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
+    wrappers = []
     try:
         for loss_kind in LOSSES:
             model = nn.parallel.DistributedDataParallel(_model())
+            wrappers.append(model)
             x1, x2 = _batch()
             local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
             loss = global_loss(model(torch.cat([x1[local], x2[local]])), loss=loss_kind)
             loss.backward()
             grads = {n: p.grad.clone() for n, p in model.module.named_parameters()}
             torch.save({"loss": loss.detach(), "grads": grads}, os.path.join(out_dir, f"{loss_kind}-rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+        wrappers.clear()
 
 
 def _free_port() -> int:
@@ -57,7 +63,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(out)), nprocs=2, join=True)
     return out
 
 
