@@ -42,6 +42,9 @@ def normalization(data: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def builtin_tensors(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A built-in split as ``(uint8 images (N, 3, H, W), int64 labels (N,))``."""
     dataset = builtin_dataset(data, split=split)
+    if dataset.images.shape[1:] == (dataset.info.image_size,) * 2:  # native size: no PIL round trip
+        images = torch.from_numpy(np.ascontiguousarray(dataset.images))
+        return images[:, None].expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(dataset.labels)
     pairs = [dataset[i] for i in range(len(dataset))]
     images = np.stack([np.asarray(image) for image, _ in pairs])  # (N, H, W, 3)
     labels = torch.as_tensor([label for _, label in pairs], dtype=torch.int64)
@@ -112,6 +115,10 @@ class LoaderStream:
             transform = TwoViews(crop, crop)
             self.views = [BatchAugment(config.image_size, view=v, mean=mean, std=std, crop=False) for v in (1, 2)]
         dataset = image_folder(config.data, "train", transform)
+        classes = dataset.classes
+        keep = subset_indices(len(dataset), config.train_subset)
+        if keep is not None:
+            dataset = torch.utils.data.Subset(dataset, keep.tolist())
         if len(dataset) < config.batch_size:
             raise CollapseProbeError(f"batch size {config.batch_size} is larger than the data set ({len(dataset)} images)")
         self.sampler = torch.utils.data.DistributedSampler(
@@ -125,7 +132,7 @@ class LoaderStream:
             persistent_workers=False,
         )
         self.device, self.seed, self.rank = device, config.seed, dist.rank
-        self.num_classes = len(dataset.classes)
+        self.num_classes = len(classes)
         self.steps = len(self.loader)
         if config.max_steps_per_epoch:
             self.steps = min(self.steps, config.max_steps_per_epoch)
@@ -147,10 +154,25 @@ class LoaderStream:
             yield x1, x2, y.to(self.device, non_blocking=True)
 
 
+def subset_indices(total: int, size: int | None) -> torch.Tensor | None:
+    """The ``train_subset`` images: ``size`` indices of ``range(total)``, sorted, drawn with a fixed
+    seed (0) so that every run and every seed trains on the same images; None for all of them.
+
+    >>> subset_indices(10, 3).tolist(), subset_indices(10, None)
+    ([0, 4, 6], None)
+    """
+    if size is None or size >= total:
+        return None
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:size].sort().values
+
+
 def train_stream(config: TrainConfig, dist: DistInfo, device: torch.device) -> TensorStream | LoaderStream:
     """The training stream a config asks for (built-in data always goes through TensorStream)."""
     if is_builtin(config.data):
         images, labels = builtin_tensors(config.data, "train")
+        keep = subset_indices(len(labels), config.train_subset)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
         return TensorStream(images, labels, config, dist, device)
     return LoaderStream(config, dist, device)
 

@@ -180,10 +180,10 @@ def check_eval_data(data: str) -> None:
     ``train/`` and ``val/`` subfolders."""
     import os
 
-    from collapse_probe.data.builtin import builtin_info, is_builtin
+    from collapse_probe.data.builtin import is_builtin, require_builtin
 
     if is_builtin(data):
-        builtin_info(data)
+        require_builtin(data)
         return
     if not os.path.isdir(data):
         raise CollapseProbeError(f"--data {data!r} is not a folder (or builtin:NAME)")

@@ -1,23 +1,28 @@
-"""The paper's method comparison at small scale on the bundled digits (docs/reproduction.md).
+"""The paper's method comparison at small scale (docs/reproduction.md), on a built-in data set.
 
-    python examples/reproduce_digits.py --out runs/repro --seeds 0 1 2 --epochs 20
+    python examples/reproduce.py --out runs/repro --seeds 0 1 2 --epochs 20             # digits
+    python examples/reproduce.py --preset fashion --out runs/fashion --seeds 0 1 2       # Fashion-MNIST
 
 Trains SimCLR with the 2-layer MLP, linear and no projector, and DirectCLR, for the same budget
-(demo preset), then measures on the held-out split: linear-probe and kNN accuracy of the
-representation (on standardised and on raw features), effective rank (centred, and L2-normalised
-as in the public DirectCLR spectrum script) and collapsed dims of the representation and the
-embedding; plus untrained encoders (one per seed) and raw pixels as baselines.
+(the preset's recipe: ``demo`` on builtin:digits, ``fashion`` on builtin:fashion-mnist), then
+measures on the held-out split: linear-probe and kNN accuracy of the representation (on
+standardised and on raw features), effective rank (centred, and L2-normalised as in the public
+DirectCLR spectrum script), RankMe and collapsed dims of the representation and the embedding;
+plus untrained encoders (one per seed) and raw pixels as baselines.
 ``--joint-batchnorm`` runs both views in one encoder pass (BatchNorm pools them) instead of one
 pass per view; ``--online-head sgd-bn`` is this project's earlier online classifier.
-Writes OUT/<method>-s<seed>/result.json per run (runs already done are skipped, so one
-invocation per seed can run in parallel), OUT/results.json, a markdown table (stdout) and
-OUT/spectra.png (final spectra, first seed).
+
+Writes OUT/<method>-s<seed>/result.json per run, OUT/results.json, a markdown table (stdout) and
+OUT/spectra.png (final spectra, first seed). It resumes: finished runs are skipped, an
+interrupted one continues from its checkpoint, and several invocations on the same --out share
+the work (each claims a run before training it), so ``--jobs 2`` or two processes use two cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import time
@@ -47,21 +52,22 @@ ALL_METHODS = {**METHODS, **ABLATION}
 
 
 def spectra(layer: str, features: torch.Tensor) -> dict[str, float]:
-    """Effective rank and collapsed dims, centred (this project's default) and L2-normalised first
-    (the public DirectCLR spectrum script's convention); both centred covariances, ddof 1."""
-    row = {}
+    """Effective rank, RankMe and collapsed dims, centred (this project's default) and L2-normalised
+    first (the public DirectCLR spectrum script's convention); both centred covariances, ddof 1."""
+    row = {f"{layer}/dim": features.shape[1]}
     for prefix, normalize in (("", False), ("l2_", True)):
         s = Spectrum.from_embeddings(features.double(), normalize=normalize)
         row[f"{layer}/{prefix}effective_rank"] = s.effective_rank
+        row[f"{layer}/{prefix}rankme"] = s.rankme
         row[f"{layer}/{prefix}collapsed_dims"] = s.collapsed_dims()
     return row
 
 
-def evaluate(encoder, image_size: int, embedder=None) -> dict[str, float]:
+def evaluate(encoder, data: str, image_size: int, embedder=None) -> dict[str, float]:
     """Probes of ``encoder``'s features (the representation; raw pixels for nn.Flatten) on the
     held-out split: linear probe on standardised and on raw features, kNN, and the spectra."""
     def features(module, split):
-        return extract_features(module, eval_loader("builtin:digits", split, image_size), device="cpu")
+        return extract_features(module, eval_loader(data, split, image_size), device="cpu")
 
     (train_x, train_y), (val_x, val_y) = features(encoder, "train"), features(encoder, "val")
     row = {"linear_top1": linear_probe(train_x, train_y, val_x, val_y).top1,
@@ -73,36 +79,76 @@ def evaluate(encoder, image_size: int, embedder=None) -> dict[str, float]:
     return row
 
 
-def spectrum_numbers(row: dict) -> dict[str, float]:
-    keys = ("effective_rank", "collapsed_dims", "rankme", "dim")
-    return {f"{layer}/{k}": row[f"{layer}/{k}"] for layer in ("representation", "embedding") for k in keys}
+def claim(run_dir: str) -> bool:
+    """Claim ``run_dir`` for this process: False when it is done or another live process holds it."""
+    if os.path.exists(os.path.join(run_dir, "result.json")):
+        return False
+    os.makedirs(run_dir, exist_ok=True)
+    lock = os.path.join(run_dir, "claimed-by")
+    try:
+        holder = int(open(lock).read())
+        os.kill(holder, 0)  # raises when that process is gone
+        if holder != os.getpid():
+            return False
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+    with open(lock, "w") as handle:
+        handle.write(str(os.getpid()))
+    return int(open(lock).read()) == os.getpid()
 
 
-def baselines(out: str, seeds: list[int]) -> None:
+def baselines(out: str, preset: str, seeds: list[int]) -> None:
     """Untrained encoders (one per seed) and raw pixels: what the architecture alone gives."""
-    image_size = preset_config("demo").image_size
+    base = preset_config(preset)
     runs = {f"random-init-s{seed}": ("random-init", seed) for seed in seeds}
     runs["raw-pixels"] = ("raw-pixels", None)
     for name, (method, seed) in runs.items():
         run_dir = os.path.join(out, name)
-        if os.path.exists(os.path.join(run_dir, "result.json")):
+        if not claim(run_dir):
             continue
-        os.makedirs(run_dir, exist_ok=True)
         if method == "random-init":
-            model, _ = build_model(preset_config("demo", seed=seed))
-            row = {"method": method, "seed": seed, **evaluate(model.backbone, image_size, embedder=model)}
-        else:  # the normalised 3 x 16 x 16 eval crops, flattened (768 dims, 256 distinct: the digits are gray)
-            row = {"method": method, "seed": None, **evaluate(nn.Flatten(), image_size)}
+            model, _ = build_model(preset_config(preset, seed=seed))
+            row = {"method": method, "seed": seed, **evaluate(model.backbone, base.data, base.image_size, embedder=model)}
+        else:  # the normalised 3 x S x S eval images, flattened (3 S^2 dims, S^2 distinct: the images are grey)
+            row = {"method": method, "seed": None, **evaluate(nn.Flatten(), base.data, base.image_size)}
         json.dump(row, open(os.path.join(run_dir, "result.json"), "w"), indent=1)
         print(json.dumps(row), flush=True)
 
 
+def train_runs(args: argparse.Namespace) -> None:
+    """Train and evaluate every (seed, method) not yet done, seed by seed, resuming interrupted ones."""
+    torch.set_num_threads(args.threads)
+    for seed in args.seeds:
+        for name in args.methods:
+            run_dir = os.path.join(args.out, f"{name}-s{seed}")
+            if not claim(run_dir):
+                continue
+            resume = os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+            config = preset_config(args.preset, epochs=args.epochs, seed=seed, threads=args.threads, out=run_dir,
+                                   joint_batchnorm=args.joint_batchnorm, online_head=args.online_head,
+                                   resume=resume, **ALL_METHODS[name])
+            start = time.time()
+            result = train(config)
+            row = {"method": name, "seed": seed, "data": config.data, "epochs": config.epochs,
+                   "train_subset": config.train_subset, "train_time_s": time.time() - start, "resumed": resume,
+                   "joint_batchnorm": args.joint_batchnorm, "online_head": args.online_head,
+                   **evaluate(result.model.backbone, config.data, config.image_size, embedder=result.model),
+                   "online_acc": result.metrics[-1].get("online_acc"), "loss": result.metrics[-1]["loss"]}
+            json.dump(row, open(os.path.join(run_dir, "result.json"), "w"), indent=1)
+            print(json.dumps(row), flush=True)
+    if not args.no_baselines:
+        baselines(args.out, args.preset, args.seeds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="demo", choices=["demo", "fashion"],
+                        help="demo: builtin:digits at 16 px; fashion: builtin:fashion-mnist at 28 px, 10,000-image subset")
     parser.add_argument("--out", default="runs/repro")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's (20 demo, 30 fashion)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS))
     parser.add_argument("--joint-batchnorm", action="store_true",
                         help="both views in one encoder pass (BatchNorm pools them); default: one pass per view")
@@ -110,36 +156,26 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="skip the untrained-encoder and raw-pixel rows")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    for seed in args.seeds:
-        for name in args.methods:
-            run_dir = os.path.join(args.out, f"{name}-s{seed}")
-            if os.path.exists(os.path.join(run_dir, "result.json")):
-                continue  # done already: several invocations (e.g. one per seed) can share --out
-            config = preset_config("demo", epochs=args.epochs, seed=seed, threads=args.threads, out=run_dir,
-                                   joint_batchnorm=args.joint_batchnorm, online_head=args.online_head,
-                                   **ALL_METHODS[name])
-            start = time.time()
-            result = train(config)
-            row = {"method": name, "seed": seed, "epochs": args.epochs, "train_time_s": time.time() - start,
-                   "joint_batchnorm": args.joint_batchnorm, "online_head": args.online_head,
-                   **spectrum_numbers(result.metrics[-1]),  # the monitor's; evaluate() recomputes the same centred ones
-                   **evaluate(result.model.backbone, config.image_size, embedder=result.model),
-                   "online_acc": result.metrics[-1].get("online_acc"), "loss": result.metrics[-1]["loss"]}
-            json.dump(row, open(os.path.join(run_dir, "result.json"), "w"), indent=1)
-            print(json.dumps(row), flush=True)
-    if not args.no_baselines:
-        baselines(args.out, args.seeds)
+    if args.jobs > 1:
+        workers = [multiprocessing.get_context("spawn").Process(target=train_runs, args=(args,)) for _ in range(args.jobs)]
+        for worker in workers:
+            worker.start()
+            time.sleep(2)  # stagger the claims
+        for worker in workers:
+            worker.join()
+    else:
+        train_runs(args)
     results = [json.load(open(os.path.join(args.out, d, "result.json"))) for d in sorted(os.listdir(args.out))
                if os.path.exists(os.path.join(args.out, d, "result.json"))]
     json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=1)
     print_table(results)
     figure_path = os.path.join(args.out, "spectra.png")
-    make_figure(args.out, args.seeds[0], [m for m in ALL_METHODS if m in args.methods]).savefig(figure_path, dpi=90)
+    data = preset_config(args.preset).data
+    make_figure(args.out, args.seeds[0], [m for m in ALL_METHODS if m in args.methods], data).savefig(figure_path, dpi=90)
     print(f"figure: {figure_path}")
 
 
-def make_figure(out: str, seed: int, methods: list[str]):
+def make_figure(out: str, seed: int, methods: list[str], data: str = "builtin:digits"):
     """Final covariance spectra (log10 eigenvalues, sorted) of representation and embedding."""
     from matplotlib.figure import Figure
 
@@ -156,13 +192,13 @@ def make_figure(out: str, seed: int, methods: list[str]):
         ax.set_xlabel("index (sorted)")
         ax.set_ylabel("log10 covariance eigenvalue")
         ax.legend(fontsize=8)
-    figure.suptitle(f"builtin:digits held-out split, seed {seed}, eigenvalues clipped at 1e-12", fontsize=9)
+    figure.suptitle(f"{data} held-out split, seed {seed}, eigenvalues clipped at 1e-12", fontsize=9)
     return figure
 
 
 def print_table(results: list[dict]) -> None:
     cols = ["linear_top1", "linear_top1_unstandardized", "knn_top1", "representation/effective_rank",
-            "representation/l2_effective_rank", "representation/collapsed_dims",
+            "representation/l2_effective_rank", "representation/rankme", "representation/collapsed_dims",
             "embedding/effective_rank", "embedding/l2_effective_rank", "embedding/collapsed_dims", "online_acc"]
     print("| method | seeds | " + " | ".join(cols) + " |")
     print("|" + "---|" * (len(cols) + 2))
