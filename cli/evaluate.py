@@ -13,7 +13,7 @@ def _shared(command: Any) -> Any:
     shared = [
         click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False)),
         click.option("--data", required=True, metavar="DIR|builtin:NAME",
-                     help="Folder with train/ and val/ subfolders (one subfolder per class in each), or builtin:NAME."),
+                     help="Folder with train/ and val/ subfolders (one subfolder per class in each), or builtin:NAME (builtin:digits, builtin:fashion-mnist)."),
         options.arch,
         click.option("--layer", type=click.Choice(["backbone", "embedding"]), default="backbone", show_default=True,
                      help="backbone: the representation r (the paper's evaluation); embedding: the loss input."),

@@ -89,7 +89,7 @@ allow_partial = click.option("--allow-partial", is_flag=True,
                                   "missing tensors, unexpected backbone keys): those parts stay random, and a "
                                   "warning and the load report say which.")
 data = click.option("--data", metavar="DIR|builtin:NAME|FILE.txt|FILE.jsonl",
-                    help="Image folder (searched recursively; class sub-folders fine) or builtin:digits; for "
+                    help="Image folder (searched recursively; class sub-folders fine) or builtin:digits / builtin:fashion-mnist; for "
                          "a Hugging Face folder with a tokenizer, a .txt file (one text per line) or a .jsonl "
                          "file (a 'text' field per line).")
 layer = click.option("--layer", "layers", multiple=True, metavar="NAME",

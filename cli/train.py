@@ -54,6 +54,7 @@ def train(preset: str | None, resume: bool, **options: Any) -> None:
       collapse-probe train --preset demo --method directclr --d0 32 --out runs/dclr
       collapse-probe train --preset demo --projector none --epochs 10 --out runs/none
       collapse-probe train --out runs/dclr --resume          # continue a killed run
+      collapse-probe train --preset fashion --method directclr --out runs/fm-dclr   # Fashion-MNIST
       torchrun --nproc-per-node 8 -m collapse_probe_cli.main train --preset imagenet \\
           --data /data/imagenet --method directclr --out runs/in1k-dclr
     """

@@ -17,12 +17,11 @@ Refer to one on the command line as ``--data builtin:digits`` or ``--data builti
 
 from __future__ import annotations
 
+import gzip
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import gzip
-import os
 
 import numpy as np
 import torch

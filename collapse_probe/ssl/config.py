@@ -48,7 +48,7 @@ class TrainConfig:
     small_stem: bool = _opt(False, "ResNet stem for 32-pixel images: 3x3 conv, stride 1, no max-pool.")
     width: int = _opt(32, "Base channel count of the smallcnn backbone (representation = 4 * width).")
     # data
-    data: str = _opt("", "Image folder with train/ (and val/) subfolders, or builtin:NAME.")
+    data: str = _opt("", "Image folder with train/ (and val/) subfolders, or builtin:NAME (builtin:digits, builtin:fashion-mnist).")
     image_size: int = _opt(224, "Training crop size in pixels.")
     crop_min_scale: float = _opt(0.08, "Smallest crop area fraction of RandomResizedCrop.")
     train_subset: int | None = _opt(
