@@ -80,12 +80,17 @@ def eval_group() -> None:
               help="Probe training epochs over the features.")
 @click.option("--lr", type=float, default=1e-2, show_default=True, help="AdamW learning rate (cosine schedule).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="AdamW weight decay.")
-def linear(checkpoint: str, epochs: int, lr: float, weight_decay: float, **values: Any) -> None:
+@click.option("--standardize/--no-standardize", default=True, show_default=True,
+              help="Standardise each feature with the train split's mean and std first. --no-standardize "
+                   "trains on the raw features, as the DirectCLR code does: standardising gives a collapsed "
+                   "direction unit variance again, so it can hide collapse.")
+def linear(checkpoint: str, epochs: int, lr: float, weight_decay: float, standardize: bool, **values: Any) -> None:
     """Linear probe: features extracted once, logistic regression trained in torch; prints JSON.
 
     \b
     Examples:
       collapse-probe eval linear runs/demo/checkpoint.pt --data builtin:digits --epochs 100
+      collapse-probe eval linear runs/demo/checkpoint.pt --data builtin:digits --no-standardize
       collapse-probe eval linear solo_simclr.ckpt --arch resnet18 --data imagenet100/ --image-size 224
     """
     from collapse_probe.devices import parse_device
@@ -94,9 +99,10 @@ def linear(checkpoint: str, epochs: int, lr: float, weight_decay: float, **value
     features = _features(checkpoint, values)
     device = parse_device(values["device"])
     result = linear_probe(features.train_x, features.train_y, features.val_x, features.val_y, epochs=epochs, lr=lr,
-                          weight_decay=weight_decay, device=device)
+                          weight_decay=weight_decay, device=device, standardize=standardize)
     click.echo(json.dumps({"eval": "linear", "checkpoint": checkpoint, "data": values["data"], "layer": values["layer"],
                            "top1": result.top1, "train_top1": result.train_top1, "epochs": epochs,
+                           "standardize": standardize,
                            **_summary(features)}))
 
 
