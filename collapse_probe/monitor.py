@@ -14,6 +14,12 @@ float64 covariance; the model's train/eval mode is restored) and records, per la
 metric of :meth:`Spectrum.metrics` (effective rank, RankMe, collapsed dims, ...) as
 ``"<name>/<metric>"`` plus the full spectrum with its conventions under ``"spectra"``.
 
+With ``lidar_loader`` (batches of (B, q, ...) views, as ``collapse_probe.lidar`` takes them, e.g.
+``collapse_probe.data.views.open_views``) each probe also streams that loader once through
+``collapse_probe.lidar`` and records ``"<name>/lidar"`` (Thilak et al., ICLR 2024: effective rank
+of ``Sw^-1/2 Sb Sw^-1/2``, each sample a class of its q views) and ``"<name>/lidar_n_classes"``,
+with the eigenvalues and conventions under ``"lidar"``.
+
 Under ``torch.distributed`` call it on every process, each with its own shard of the held-out
 data: ``spectrum`` all-reduces the statistics, so every process gets the same numbers (only the
 main process writes files).
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collapse_probe.errors import CollapseProbeError
 from collapse_probe.ranks import is_main_process
 
 DEFAULT_LAYERS = {"representation": "backbone", "embedding": "embedding"}
@@ -53,6 +60,10 @@ class SpectrumMonitor:
         loggers: experiment trackers, each handed every probe on the main process
             (``collapse_probe.integrations.loggers``: ``TensorBoardLogger(writer)``,
             ``WandbLogger(run)``, ``MLflowLogger()``; anything with the same ``log_probe``).
+        lidar_loader: held-out batches of (B, q, ...) views (a tensor, or element 0 of a tuple):
+            also record LiDAR per layer (``None``: no LiDAR). Every sample is one LDA class, so
+            the score is capped at ``min(dim, samples - 1)`` (``"<name>/lidar_max_rank"``).
+        lidar_views: q, the views per sample in ``lidar_loader`` (at least 2; needed with it).
 
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -60,6 +71,12 @@ class SpectrumMonitor:
     >>> row = monitor.log(model, epoch=1)
     >>> row["epoch"], row["hidden/dim"], row["hidden/n_samples"], len(row["spectra"]["hidden"]["eigenvalues"])
     (1, 8, 64, 8)
+    >>> x = torch.randn(64, 4, 4)  # 64 samples, q = 4 views of each
+    >>> monitor = SpectrumMonitor(DataLoader(TensorDataset(x[:, 0]), batch_size=32), layers={"hidden": "1"},
+    ...                           lidar_loader=DataLoader(TensorDataset(x), batch_size=32), lidar_views=4)
+    >>> row = monitor.log(model, epoch=1)
+    >>> 1 <= row["hidden/lidar"] <= 8, row["hidden/lidar_n_classes"], row["lidar"]["hidden"]["views"]
+    (True, 64, 4)
     """
 
     def __init__(
@@ -75,7 +92,12 @@ class SpectrumMonitor:
         plot_path: str | os.PathLike | None = None,
         last_epoch: int | None = None,
         loggers: Sequence[Any] = (),
+        lidar_loader: Any = None,
+        lidar_views: int | None = None,
     ):
+        if lidar_loader is not None and (lidar_views is None or int(lidar_views) < 2):
+            raise CollapseProbeError(
+                f"lidar_loader needs lidar_views, the views per sample (at least 2), got {lidar_views}")
         if layers is None:
             layers = DEFAULT_LAYERS
         self.layers = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
@@ -83,10 +105,15 @@ class SpectrumMonitor:
         self.normalize, self.device = normalize, device
         self.metrics_path, self.plot_path, self.last_epoch = metrics_path, plot_path, last_epoch
         self.loggers = list(loggers)
+        self.lidar_loader, self.lidar_views = lidar_loader, None if lidar_loader is None else int(lidar_views)
         self.history: list[tuple[int, dict[str, Any]]] = []  # (epoch, {display name: Spectrum})
 
     def probe(self, model: nn.Module) -> dict[str, Any]:
-        """One pass over the loader: ``{"<name>/<metric>": float, ..., "spectra": {name: dict}}``."""
+        """One pass over the loader: ``{"<name>/<metric>": float, ..., "spectra": {name: dict}}``.
+
+        With a ``lidar_loader``, then one pass over it: ``"<name>/lidar"``, ``"<name>/lidar_n_classes"``,
+        ``"<name>/lidar_max_rank"`` and ``"lidar": {name: Lidar.to_dict()}`` join the row.
+        """
         import collapse_probe
 
         spectra = collapse_probe.spectrum(  # device None: where the model is
@@ -102,7 +129,24 @@ class SpectrumMonitor:
                 if key != "layer":
                     row[f"{name}/{key}"] = value
         row["spectra"] = {name: spec.to_dict() for name, spec in by_name.items()}
+        if self.lidar_loader is not None:
+            row |= self._probe_lidar(model)
         self._last = by_name
+        return row
+
+    def _probe_lidar(self, model: nn.Module) -> dict[str, Any]:
+        """``{"<name>/lidar": float, "<name>/lidar_n_classes": int, ..., "lidar": {name: dict}}``."""
+        import collapse_probe
+
+        results = collapse_probe.lidar(model, self.lidar_loader, views=self.lidar_views, layers=list(self.layers.values()),
+                                       device=self.device, progress=False)
+        row: dict[str, Any] = {}
+        for name, layer in self.layers.items():
+            result = results[layer]
+            row[f"{name}/lidar"] = result.lidar
+            row[f"{name}/lidar_n_classes"] = result.n_classes
+            row[f"{name}/lidar_max_rank"] = result.max_rank
+        row["lidar"] = {name: results[layer].to_dict() for name, layer in self.layers.items()}
         return row
 
     def due(self, epoch: int) -> bool:

@@ -64,10 +64,14 @@ def open_views(
     max_samples: int | None = None,
     strict: bool = False,
     seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> SkippingLoader:
     """An image folder or ``builtin:NAME`` as batches of (B, q, 3, S, S) augmented views.
 
     Built-in data sets use their ``val`` split and their own normalisation, as the trainer does.
+    ``world_size > 1`` keeps this process's shard: every ``world_size``-th image from ``rank`` (of
+    the ``max_samples`` kept), each with the views it has unsharded (they depend on its index only).
 
     >>> loader = open_views("builtin:digits", views=4, image_size=16, batch_size=50, max_samples=100)
     >>> [tuple(x.shape) for x in loader]
@@ -82,6 +86,9 @@ def open_views(
     else:
         stack = ViewStack(view_transforms(image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD), views)
         dataset = ImageFiles(list_images(data, max_samples=max_samples), stack)
-    loader = torch.utils.data.DataLoader(SeededItems(dataset, seed), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, collate_fn=collate_skipping)
-    return SkippingLoader(loader, strict=strict, n_images=len(dataset))
+    items: torch.utils.data.Dataset = SeededItems(dataset, seed)
+    if world_size > 1:
+        items = torch.utils.data.Subset(items, range(rank, len(dataset), world_size))
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate_skipping)
+    return SkippingLoader(loader, strict=strict, n_images=len(items))

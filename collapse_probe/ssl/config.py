@@ -82,6 +82,9 @@ class TrainConfig:
     channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CUDA, and on CPU with mkldnn).")
     monitor_every: int = _opt(1, "Probe the spectra every N epochs (0: never).")
     monitor_samples: int | None = _opt(None, "Cap on held-out samples the spectrum monitor uses.")
+    monitor_lidar_views: int = _opt(
+        0, "0: off; q > 1: the monitor also logs LiDAR (<layer>/lidar) on the held-out images (capped by "
+        "--monitor-samples), q augmented views each, fixed seed 0, as `collapse-probe lidar` makes them.")
     log_every: int = _opt(50, "Print progress every N steps.")
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice).")
 
@@ -171,6 +174,9 @@ def validate(config: TrainConfig, *, rep_dim: int | None = None, world_size: int
         )
     if config.train_subset is not None and config.train_subset < config.batch_size:
         raise CollapseProbeError(f"--train-subset {config.train_subset} is smaller than the batch size {config.batch_size}")
+    if config.monitor_lidar_views and (config.monitor_lidar_views < 2 or not config.monitor_every):
+        raise CollapseProbeError(f"--monitor-lidar-views must be 0 (off) or at least 2 with --monitor-every above 0, "
+                                 f"got {config.monitor_lidar_views} (monitor every {config.monitor_every})")
     if config.lr <= 0 or config.temperature <= 0:
         raise CollapseProbeError("--lr and --temperature must be positive")
     if rep_dim is not None and config.d0 is not None and not 1 <= config.d0 <= rep_dim:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from collapse_probe.ssl.distributed import DistInfo, dist_info, gather_with_grad
 from collapse_probe.ssl.lars import LARS, lars_param_groups, warmup_cosine
 from collapse_probe.ssl.losses import info_nce, nt_xent
 from collapse_probe.ssl.model import SSLModel, build_model
+
+if TYPE_CHECKING:
+    from collapse_probe.data.images import SkippingLoader
 
 Callbacks = dict[str, list[Callable[["TrainState"], Any]]]
 EVENTS = ("on_train_start", "on_step_end", "on_epoch_end", "on_checkpoint", "on_train_end")
@@ -319,16 +322,41 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
 def default_callbacks(config: TrainConfig) -> Callbacks:
     """The trainer's own callbacks: a :class:`~collapse_probe.monitor.SpectrumMonitor` on the
     held-out split (``val``, this process's shard of it) every ``config.monitor_every`` epochs,
-    plotting into OUT/spectra.png."""
+    plotting into OUT/spectra.png; with ``config.monitor_lidar_views`` (q) it also logs LiDAR
+    on :func:`lidar_loader`'s views."""
     if not config.monitor_every:
         return {}
     from collapse_probe.monitor import SpectrumMonitor
 
+    shard = dist_info()
     loader = eval_loader(config.data, "val", config.image_size, batch_size=256, max_samples=config.monitor_samples,
-                         workers=min(config.workers, 8), shard=dist_info())
+                         workers=min(config.workers, 8), shard=shard)
+    views = lidar_loader(config, rank=shard.rank, world_size=shard.world_size) if config.monitor_lidar_views else None
     monitor = SpectrumMonitor(loader, every=config.monitor_every, plot_path=os.path.join(config.out, "spectra.png"),
-                              last_epoch=config.epochs)
+                              last_epoch=config.epochs, lidar_loader=views,
+                              lidar_views=config.monitor_lidar_views or None)
     return {"on_epoch_end": [monitor]}
+
+
+def lidar_loader(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> SkippingLoader:
+    """The monitor's LiDAR input: (B, q, 3, S, S) batches, q = ``config.monitor_lidar_views``.
+
+    The views ``collapse-probe lidar CHECKPOINT --data DATA --views q --image-size S --max-samples N``
+    makes (seed 0, so the same views every epoch and every run), of the held-out split: a
+    built-in set's ``val`` split, a folder's ``val/`` subfolder. ``N = config.monitor_samples``;
+    under DDP each process gets every ``world_size``-th of those images.
+    """
+    from collapse_probe.data.builtin import is_builtin
+    from collapse_probe.data.views import open_views
+
+    data = config.data if is_builtin(config.data) else os.path.join(config.data, "val")
+    if not os.path.isdir(data) and not is_builtin(config.data):
+        raise CollapseProbeError(f"--monitor-lidar-views: no val/ folder under {config.data!r} for the held-out views")
+    views = config.monitor_lidar_views
+    # about 256 images per forward, as the spectrum monitor's batches
+    return open_views(data, views=views, image_size=config.image_size, batch_size=max(1, 256 // views),
+                      workers=min(config.workers, 8), max_samples=config.monitor_samples, seed=0,
+                      rank=rank, world_size=world_size)
 
 
 def _resume_states(ckpt: Mapping[str, Any], path: Path, model: nn.Module, head: nn.Module | None,

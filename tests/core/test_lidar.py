@@ -184,6 +184,18 @@ def test_views_are_seeded_per_image_not_per_batch():
     assert not torch.equal(first[:, 0], first[:, 2])  # the views differ from one another
 
 
+def test_view_shards_hold_each_image_once_with_its_unsharded_views():
+    def views(**shard) -> torch.Tensor:
+        return torch.cat(list(open_views("builtin:digits", views=2, image_size=12, batch_size=4, max_samples=7,
+                                         **shard)))
+
+    whole = views()
+    shards = [views(rank=rank, world_size=3) for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 2, 2]
+    for rank, shard in enumerate(shards):
+        assert torch.equal(shard, whole[rank::3])
+
+
 def test_equals_stable_pretrainings_own_callback_when_installed():
     lidar_module = pytest.importorskip("stable_pretraining.callbacks.lidar")
     z = views_data(c=60, q=5, d=12, seed=3)
