@@ -56,6 +56,8 @@ class SpectrumCallback(Callback):
         max_samples, normalize: as ``spectrum`` (rows per rank; L2-normalise first).
         prefix: metric name prefix.
         metrics_path, plot_path, loggers: as :class:`SpectrumMonitor` (rank zero only).
+        lidar_loader, lidar_views: as :class:`SpectrumMonitor`: also log ``<layer>/lidar`` on
+            batches of (B, q, ...) views (sharded over ranks as ``loader`` is).
 
     ``last_row`` holds the latest probe's row (every metric and the full spectra).
     """
@@ -73,14 +75,17 @@ class SpectrumCallback(Callback):
         metrics_path: str | os.PathLike | None = None,
         plot_path: str | os.PathLike | None = None,
         loggers: Sequence[Any] = (),
+        lidar_loader: Any = None,
+        lidar_views: int | None = None,
     ):
         super().__init__()
         self.loader, self.module, self.prefix = loader, module, prefix
         self.monitor = SpectrumMonitor(
             loader, layers={"output": ""} if layers is None else layers, every=every_n_epochs,
             max_samples=max_samples, normalize=normalize, metrics_path=metrics_path, plot_path=plot_path,
-            loggers=loggers,
+            loggers=loggers, lidar_loader=lidar_loader, lidar_views=lidar_views,
         )
+        self.lidar_loader = lidar_loader
         self.last_row: dict[str, Any] | None = None
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -91,6 +96,8 @@ class SpectrumCallback(Callback):
             return
         model = pl_module.get_submodule(self.module) if self.module else pl_module
         self.monitor.loader = rank_shard(self.loader)  # the DDP world is known only now
+        if self.lidar_loader is not None:
+            self.monitor.lidar_loader = rank_shard(self.lidar_loader)
         self.last_row = self.monitor.log(model, epoch=epoch, extra={"step": trainer.global_step})
         for key, value in scalar_metrics(self.last_row, self.prefix).items():
             # identical on every rank (spectrum all-reduced): no sync_dist all-reduce needed

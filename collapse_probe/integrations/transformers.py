@@ -53,6 +53,8 @@ class SpectrumCallback(TrainerCallback):
         prefix: metric name prefix.
         metrics_path, plot_path, loggers: as :class:`SpectrumMonitor` (rank zero only); their
             ``"epoch"`` is the evaluation's index (1, 2, ...), ``"step"`` the global step.
+        lidar_loader, lidar_views: as :class:`SpectrumMonitor`: also log ``<layer>/lidar`` on
+            batches of (B, q, ...) views (sharded over ranks as ``loader`` is).
     """
 
     def __init__(
@@ -68,13 +70,16 @@ class SpectrumCallback(TrainerCallback):
         metrics_path: str | os.PathLike | None = None,
         plot_path: str | os.PathLike | None = None,
         loggers: Sequence[Any] = (),
+        lidar_loader: Any = None,
+        lidar_views: int | None = None,
     ):
         self.loader, self.module, self.prefix = loader, module, prefix
         self.monitor = SpectrumMonitor(
             loader, layers={"output": ""} if layers is None else layers, every=every_n_evals,
             max_samples=max_samples, normalize=normalize, metrics_path=metrics_path, plot_path=plot_path,
-            loggers=loggers,
+            loggers=loggers, lidar_loader=lidar_loader, lidar_views=lidar_views,
         )
+        self.lidar_loader = lidar_loader
         self.trainer: Any = None
         self.evaluations = 0
         self.last_row: dict[str, Any] | None = None
@@ -92,6 +97,8 @@ class SpectrumCallback(TrainerCallback):
             return
         probed = model.get_submodule(self.module) if self.module else model
         self.monitor.loader = rank_shard(self.loader)
+        if self.lidar_loader is not None:
+            self.monitor.lidar_loader = rank_shard(self.lidar_loader)
         self.last_row = self.monitor.log(probed, epoch=self.evaluations, extra={"step": state.global_step})
         logs = scalar_metrics(self.last_row, self.prefix)
         if metrics is not None:

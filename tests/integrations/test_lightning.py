@@ -175,3 +175,42 @@ def test_ddp_two_processes_share_the_probe_and_agree(tmp_path):
     with open(metrics_csv) as f:
         (row,) = [r for r in csv.DictReader(f) if r.get("collapse/rep/effective_rank")]
     assert float(row["collapse/rep/effective_rank"]) == pytest.approx(rows[0]["rep/effective_rank"], rel=1e-6)
+
+
+def numpy_lidar(features: np.ndarray, delta: float = 1e-4, eps: float = 1e-8) -> float:
+    """LiDAR of (C, q, d) features by stable-pretraining's conventions, written out in numpy."""
+    classes, views, dim = features.shape
+    means = features.mean(axis=1)
+    centred = means - means.mean(axis=0)
+    between = centred.T @ centred / (classes - 1)
+    within_rows = (features - means[:, None]).reshape(-1, dim)
+    within = within_rows.T @ within_rows / (classes * (views - 1)) + delta * np.eye(dim)
+    w, v = np.linalg.eigh(within)
+    inv_sqrt = v @ np.diag(w ** -0.5) @ v.T
+    lam = np.linalg.eigvalsh(inv_sqrt @ between @ inv_sqrt)
+    p = (lam + eps) / (lam + eps).sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_lightning_callback_logs_lidar_on_views(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 6)
+    y = x[:, 0] - x[:, 1]
+    clean = x[192:]
+    views = clean[:, None] + 0.3 * torch.randn(64, 4, 6)  # q = 4 noisy views of each held-out sample
+    callback = SpectrumCallback(DataLoader(TensorDataset(clean), batch_size=16), layers={"rep": "backbone"},
+                                lidar_loader=DataLoader(TensorDataset(views), batch_size=16), lidar_views=4)
+    model = Regressor()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="run"),
+                        callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(model, DataLoader(TensorDataset(x[:192], y[:192]), batch_size=32),
+                DataLoader(TensorDataset(clean, y[192:]), batch_size=32))
+    with torch.no_grad():
+        features = model.backbone(views.reshape(-1, 6)).reshape(64, 4, 8).double().numpy()
+    with open(trainer.logger.log_dir + "/metrics.csv") as f:
+        row = [r for r in csv.DictReader(f) if r.get("collapse/rep/lidar")][-1]
+    assert float(row["collapse/rep/lidar"]) == pytest.approx(numpy_lidar(features), rel=1e-6)
+    assert float(row["collapse/rep/lidar_n_classes"]) == 64
