@@ -1,7 +1,5 @@
 """Two CPU processes over gloo give the single-process (numpy) result, identical on every rank."""
 
-import os
-import socket
 
 import numpy as np
 import torch
@@ -10,15 +8,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, data: torch.Tensor, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, data: torch.Tensor, out_dir: str) -> None:
+    # a file rendezvous: no free-port probe that another process could race for
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     try:
         from collapse_probe import spectrum
 
@@ -38,7 +30,7 @@ def _worker(rank: int, world: int, port: int, data: torch.Tensor, out_dir: str) 
 
 def test_two_gloo_processes_match_single_process_reference(tmp_path):
     data = torch.randn(301, 6) * torch.linspace(3, 0.1, 6) + 1.0
-    mp.spawn(_worker, args=(2, _free_port(), data, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, data, str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 12)).eval()

@@ -146,13 +146,11 @@ def test_max_drop_sigma_fails_only_beyond_z_combined_standard_errors():
         run_checks(small_drop, baseline=baseline, max_drop_sigma=-1)
 
 
-def _gloo_worker(rank: int, world: int, port: int, data: torch.Tensor, out_dir: str) -> None:
-    import os
-
+def _gloo_worker(rank: int, world: int, data: torch.Tensor, out_dir: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port probe that another process could race for
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     try:
         shard = data[rank::world]
         batches = [shard[i : i + 20] for i in range(0, len(shard), 20)]
@@ -164,15 +162,10 @@ def _gloo_worker(rank: int, world: int, port: int, data: torch.Tensor, out_dir: 
 
 
 def test_two_gloo_processes_sync_the_groups_and_the_normalised_moments(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     data = gaussian(301, 6) * 3.0
-    mp.spawn(_gloo_worker, args=(2, port, data, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_gloo_worker, args=(2, data, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert torch.equal(ranks[0]["eig"], ranks[1]["eig"]) and torch.equal(ranks[0]["se"], ranks[1]["se"])
     expected = np.clip(np.linalg.eigvalsh(np.cov(data.numpy(), rowvar=False))[::-1], 0, None)

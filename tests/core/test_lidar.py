@@ -1,8 +1,6 @@
 """LiDAR, streamed: equal to an in-memory numpy float64 implementation of stable-pretraining's
 formula (written here from its callback's source), batch-size and split invariant, over gloo too."""
 
-import os
-import socket
 
 import numpy as np
 import pytest
@@ -131,11 +129,11 @@ def test_lidar_of_a_model_equals_reference_on_its_outputs(batch):
         lidar(model, loader, views=3, progress=False)
 
 
-def _worker(rank: int, world: int, port: int, x: torch.Tensor, out_dir: str) -> None:
+def _worker(rank: int, world: int, x: torch.Tensor, out_dir: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port probe that another process could race for
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     try:
         shard = x[rank::world]  # uneven: 151 samples over 2 ranks
         result = lidar(_model(), [shard[i : i + 13] for i in range(0, len(shard), 13)], views=4,
@@ -152,15 +150,10 @@ def _worker(rank: int, world: int, port: int, x: torch.Tensor, out_dir: str) -> 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_gloo_processes_match_the_single_process_reference(tmp_path):
     x = torch.randn(151, 4, 6) * torch.linspace(2, 0.2, 6) + 1.0
-    mp.spawn(_worker, args=(2, _free_port(), x, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, x, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for key in ("0", "2", "lopsided", "raw", "score"):
         assert torch.equal(torch.as_tensor(ranks[0][key]), torch.as_tensor(ranks[1][key])), key

@@ -5,8 +5,6 @@ Each case here gave a wrong number or a wrong message before the state was decla
 """
 
 import ast
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +22,13 @@ from collapse_probe import (
 from collapse_probe.accumulator import STATE
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _reference(z: np.ndarray) -> np.ndarray:
     return np.clip(np.linalg.eigvalsh(np.cov(np.asarray(z, dtype=np.float64), rowvar=False))[::-1], 0, None)
 
 
-def _worker(rank: int, world: int, port: int, data: torch.Tensor, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, data: torch.Tensor, out_dir: str) -> None:
+    # a file rendezvous: no free-port probe that another process could race for
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     report: dict = {}
     try:
         shard = data[rank::world]
@@ -95,7 +87,7 @@ def _worker(rank: int, world: int, port: int, data: torch.Tensor, out_dir: str) 
 
 def test_sync_reset_merge_and_state_dict_follow_one_state_model(tmp_path):
     data = torch.randn(100, 4, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5, 0.1], dtype=torch.float64) + 2.0
-    mp.spawn(_worker, args=(2, _free_port(), data, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, data, str(tmp_path)), nprocs=2, join=True)
     reports = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for report in reports:
         assert "first in batch 1 on rank 1 (1 batches affected)" in report["synced_message"]

@@ -62,14 +62,14 @@ def test_monitor_callback_respects_every():
     assert "0/effective_rank" in states[1].row
 
 
-def _monitor_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _monitor_worker(rank: int, world: int, out_dir: str) -> None:
     import os
 
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port probe that another process could race for
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
@@ -86,14 +86,9 @@ def _monitor_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_monitor_log_writes_once_under_two_gloo_processes(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_monitor_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_monitor_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]  # one row per epoch, not one per process
     assert (tmp_path / "s.png").stat().st_size > 1000
