@@ -65,9 +65,20 @@ def plot_two_layer(result: TwoLayerResult) -> Figure:
         (result.w2_singular_values, "singular values of W2"),
         (result.embedding_eigenvalues, "embedding covariance eigenvalues"),
     )
+    # one colour per rank on a sequential map (a 10-colour cycle would repeat over 16 lines)
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    count = max(values.shape[1] for values, _ in panels)
+    ranks = Normalize(vmin=1, vmax=count)
+    cmap = colormaps["viridis"]
     for ax, (values, title) in zip(axes, panels, strict=True):
-        ax.plot(steps, _log10(values), lw=1)
+        logs = _log10(values)
+        for k in range(logs.shape[1]):
+            ax.plot(steps, logs[:, k], lw=1, color=cmap(ranks(k + 1)))
         ax.set(title=title, xlabel="SGD step", ylabel="log10 value")
+    fig.colorbar(ScalarMappable(norm=ranks, cmap=cmap), ax=list(axes), label="rank (1 = largest)", shrink=0.9)
     c = result.config
     fig.suptitle(f"z = W2 W1 x, isotropic noise {c.noise:g}, lr {c.lr:g}: one line per singular value", fontsize=10)
     return fig
