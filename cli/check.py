@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
 import click
 from collapse_probe_cli import options
 from collapse_probe_cli.errors import EXIT_CHECK_FAILED
+
+from collapse_probe.errors import CollapseProbeError
 
 
 @click.command("check")
@@ -20,9 +26,11 @@ from collapse_probe_cli.errors import EXIT_CHECK_FAILED
 @click.option("--max-drop-sigma", type=float, metavar="Z",
               help="Fail only when the drop below the baseline also exceeds Z combined standard errors "
                    "(both spectra probed with --groups K); alone, fail on any drop beyond Z of them.")
-@click.option("--report-json", type=click.Path(dir_okay=False), metavar="FILE", help="Write the results as JSON.")
-@click.option("--junit-xml", type=click.Path(dir_okay=False), metavar="FILE", help="Write a JUnit XML report.")
-@click.option("--summary-md", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--report-json", type=click.Path(dir_okay=False), metavar="FILE", callback=options.check_out_file,
+              help="Write the verdict and results as JSON (also when the run fails, cannot judge or stops on an error).")
+@click.option("--junit-xml", type=click.Path(dir_okay=False), metavar="FILE", callback=options.check_out_file,
+              help="Write a JUnit XML report (also when the run fails, cannot judge or stops on an error).")
+@click.option("--summary-md", type=click.Path(dir_okay=False), metavar="FILE", callback=options.check_out_file,
               help="Write the verdict as a Markdown table (bound, value, required, pass/fail, samples, load "
                    "report). When $GITHUB_STEP_SUMMARY is set (GitHub Actions), it is appended there too.")
 @options.probe_options
@@ -42,6 +50,11 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
     only if it holds whatever the unshown dimensions do; otherwise the check says it cannot be
     judged ("need at least d+1 images, got N") and exits 2: give more images (--max-samples).
 
+    Every report asked for is written whatever the outcome, so CI never reads a stale one:
+    NaN/Inf output is a failed `finite-output` check, too few images a "cannot judge" verdict
+    (a JUnit <error>), any other error that stops the run an "error" verdict. The report files'
+    folders are created and checked before the model is loaded.
+
     \b
     Examples:
       collapse-probe check ckpt.pt --data val/ --min-effective-rank 50 --junit-xml collapse.xml
@@ -49,62 +62,114 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.1
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.05 --max-drop-sigma 3
     """
-    from collapse_probe.checks import (
-        CannotJudgeError,
-        run_checks,
-        validate_bounds,
-        write_junit_xml,
-        write_report_json,
-    )
-    from collapse_probe.pipeline import load_or_probe
-    from collapse_probe.reports import is_spectrum_file, load_spectra
-
-    validate_bounds(min_effective_rank=min_effective_rank, min_rankme=min_rankme,
-                    max_collapsed_fraction=max_collapsed_fraction, has_baseline=baseline is not None,
-                    max_drop=max_drop, max_drop_sigma=max_drop_sigma)
-    probe_values, _ = options.split_probe_values(values)
-    config = None if is_spectrum_file(source) else options.probe_config(probe_values, quiet_run=quiet)
     from collapse_probe.errors import NonFiniteEmbeddingError
 
+    reports = _Reports(report_json, junit_xml, summary_md, source)
     try:
-        result = load_or_probe(source, config)
+        result, results, refusal = _judge(
+            source, values, quiet, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
+            max_collapsed_fraction=max_collapsed_fraction, baseline=baseline, max_drop=max_drop,
+            max_drop_sigma=max_drop_sigma)
     except NonFiniteEmbeddingError as error:  # NaN/Inf model output is a finding (exit 1), not bad input
         click.echo(f"FAIL finite-output: {error}")
-        _summarise(summary_md, source=source, failure=f"finite-output: {error}")
         click.echo("0/1 checks passed; the model's output is not finite")
+        reports.write(failure=f"finite-output: {error}")
         click.get_current_context().exit(EXIT_CHECK_FAILED)
-    reference = load_spectra(baseline).spectra if baseline is not None else None
-    try:
-        results = run_checks(result.spectra, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
-                             max_collapsed_fraction=max_collapsed_fraction, baseline=reference, max_drop=max_drop,
-                             max_drop_sigma=max_drop_sigma, sample_name="samples" if config is None else "images")
-    except CannotJudgeError as error:  # still exit 2, but the CI summary says why
-        _summarise(summary_md, source=source, spectra=result.spectra, report=result.report, refused=str(error))
+    except BaseException as error:  # bad input, a bug or Ctrl-C: no report from an earlier run may survive
+        with contextlib.suppress(Exception):  # the error that stopped the run is the one to show
+            reports.write(error=_reason(error), best_effort=True)
         raise
-    _summarise(summary_md, source=source, spectra=result.spectra, report=result.report, results=results)
-    if report_json:
-        write_report_json(report_json, results, source=result.source,
-                          metrics={n: s.metrics() for n, s in result.spectra.items()})
-    if junit_xml:
-        write_junit_xml(junit_xml, results)
+    if refusal is not None:  # still exit 2, but every report says why
+        reports.write(result, refused=str(refusal))
+        raise refusal
     failed = [r for r in results if not r.passed]
     for r in results:
         if not quiet or not r.passed:
             click.echo(r.message)
     click.echo(f"{len(results) - len(failed)}/{len(results)} checks passed" + ("" if not failed else "; collapse detected"))
+    reports.write(result, results)
     if failed:
         click.get_current_context().exit(EXIT_CHECK_FAILED)
 
 
-def _summarise(path: str | None, *, source: str, spectra=None, report=None, results=(), refused=None,
-               failure=None) -> None:
-    """The Markdown verdict to --summary-md and, when set, $GITHUB_STEP_SUMMARY (collapse_probe.check_summary)."""
-    import os
+def _judge(source: str, values: dict, quiet: bool, *, baseline: str | None, **bounds):
+    """Probe (or load) ``source`` and run the checks: ``(ProbeResult, results, None)``, or
+    ``(ProbeResult, [], CannotJudgeError)`` when the samples cannot judge a bound."""
+    from collapse_probe.checks import CannotJudgeError, run_checks, validate_bounds
+    from collapse_probe.pipeline import load_or_probe
+    from collapse_probe.reports import is_spectrum_file, load_spectra
 
-    from collapse_probe.check_summary import STEP_SUMMARY_ENV, summary_markdown, write_summary
+    validate_bounds(**bounds, has_baseline=baseline is not None)
+    probe_values, _ = options.split_probe_values(values)
+    config = None if is_spectrum_file(source) else options.probe_config(probe_values, quiet_run=quiet)
+    result = load_or_probe(source, config)
+    reference = load_spectra(baseline).spectra if baseline is not None else None
+    try:
+        results = run_checks(result.spectra, **bounds, baseline=reference,
+                             sample_name="samples" if config is None else "images")
+    except CannotJudgeError as refusal:
+        return result, [], refusal
+    return result, results, None
 
-    if path is None and not os.environ.get(STEP_SUMMARY_ENV):
-        return
-    text = summary_markdown(results, spectra, source=source, load_report=report.summary() if report else None,
-                            refused=refused, failure=failure)
-    write_summary(text, path)
+
+def _reason(error: BaseException) -> str:
+    """The one line that run_cli prints for ``error``, for the reports of a run it stopped."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if isinstance(error, (CollapseProbeError, FileNotFoundError, ValueError, click.ClickException)):
+        return text or type(error).__name__
+    return f"internal error: {type(error).__name__}: {text}"
+
+
+@dataclass(frozen=True)
+class _Reports:
+    """The report files of one run, each written with the run's outcome (collapse_probe.check_reports)."""
+
+    report_json: str | None
+    junit_xml: str | None
+    summary_md: str | None
+    source: str
+
+    def write(self, result=None, results=(), *, failure: str | None = None, refused: str | None = None,
+              error: str | None = None, best_effort: bool = False) -> None:
+        """Write every requested report; one that cannot be written is removed, never left stale,
+        and named in a one-line error (unless ``best_effort``: another error is already on its way)."""
+        import os
+
+        from collapse_probe.check_reports import write_junit_xml, write_report_json
+        from collapse_probe.check_summary import STEP_SUMMARY_ENV, summary_markdown, write_summary
+        from collapse_probe.reports import is_spectrum_file
+
+        outcome = {"failure": failure, "refused": refused, "error": error}
+        if result is not None:
+            source, metrics = result.source, {n: s.metrics() for n, s in result.spectra.items()}
+        else:
+            source, metrics = {"spectrum_file" if is_spectrum_file(self.source) else "checkpoint": self.source}, {}
+        writers = []
+        if self.report_json:
+            writers.append(("--report-json", self.report_json, lambda: write_report_json(
+                self.report_json, results, source=source, metrics=metrics, **outcome)))
+        if self.junit_xml:
+            writers.append(("--junit-xml", self.junit_xml, lambda: write_junit_xml(self.junit_xml, results, **outcome)))
+        step_summary = os.environ.get(STEP_SUMMARY_ENV)
+        if self.summary_md or step_summary:
+            text = summary_markdown(results, result.spectra if result else None, source=self.source,
+                                    load_report=result.report.summary() if result and result.report else None,
+                                    **outcome)
+        if self.summary_md:
+            writers.append(("--summary-md", self.summary_md,
+                            lambda: write_summary(text, self.summary_md, step_summary=False)))
+        if step_summary:  # appended to, so never stale, and never removed: earlier steps wrote there too
+            writers.append((f"${STEP_SUMMARY_ENV}", None, lambda: write_summary(text)))
+        problems = []
+        for option, path, write in writers:
+            try:
+                write()
+            except OSError as problem:
+                problems.append(f"{option} {path or step_summary}: cannot write ({problem.strerror or problem})")
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        Path(path).unlink(missing_ok=True)
+        if problems and not best_effort:
+            raise CollapseProbeError("; ".join(problems))

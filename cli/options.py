@@ -58,9 +58,12 @@ def check_out_folder(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def check_out_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: the folder of an output FILE is created and checked while the options are parsed."""
+    """Click callback: the folder of an output FILE is created and checked while the options are
+    parsed, and a file already there must be writable (it will be replaced)."""
     if value is not None and not ctx.resilient_parsing:
         ensure_writable_folder(os.path.dirname(os.path.abspath(value)), param.opts[0])
+        if os.path.exists(value) and not os.access(value, os.W_OK):
+            raise CollapseProbeError(f"{param.opts[0]} {value}: cannot write that file (permission denied)")
     return value
 
 

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from collapse_probe.check_reports import verdict as run_verdict
+
 if TYPE_CHECKING:
     from collapse_probe.checks import CheckResult
     from collapse_probe.result import Spectrum
@@ -47,6 +49,7 @@ def summary_markdown(
     load_report: str | None = None,
     refused: str | None = None,
     failure: str | None = None,
+    error: str | None = None,
 ) -> str:
     """The Markdown of one check run.
 
@@ -59,15 +62,11 @@ def summary_markdown(
         refused: why the bounds cannot be judged (:class:`~collapse_probe.checks.CannotJudgeError`);
             the verdict is then CANNOT JUDGE.
         failure: a finding that fails the run before any bound is checked (non-finite output).
+        error: why the run stopped (bad input, a bug, an interrupt); the verdict is then ERROR.
     """
     spectra = spectra or {}
     failed = [r for r in results if not r.passed]
-    if failure:
-        verdict = "FAIL"
-    elif refused:
-        verdict = "CANNOT JUDGE"
-    else:
-        verdict = "FAIL" if failed else "PASS"
+    verdict = run_verdict(results, failure=failure, refused=refused, error=error).upper()
     counted = f" ({len(results) - len(failed)}/{len(results)} checks passed)" if results else ""
     lines = [f"### collapse-probe check: {verdict}{counted}", ""]
     if source:
@@ -76,6 +75,8 @@ def summary_markdown(
         lines += [f"**Failed:** {_cell(failure)}", ""]
     if refused:
         lines += [f"**Cannot judge** (exit 2, more samples needed): {_cell(refused)}", ""]
+    if error:
+        lines += [f"**Error** (no verdict): {_cell(error)}", ""]
     if results:
         lines += ["| check | layer | value | required | result | samples |", "|---|---|---|---|---|---|"]
         for r in results:
@@ -94,17 +95,18 @@ def summary_markdown(
     return "\n".join(lines)
 
 
-def write_summary(text: str, path: str | os.PathLike | None = None) -> list[Path]:
-    """Write ``text`` to ``path`` (when given) and append it to ``$GITHUB_STEP_SUMMARY`` (when set)."""
+def write_summary(text: str, path: str | os.PathLike | None = None, *, step_summary: bool = True) -> list[Path]:
+    """Write ``text`` to ``path`` (when given) and append it to ``$GITHUB_STEP_SUMMARY`` (when set
+    and ``step_summary``)."""
     written = []
     if path is not None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         written.append(target)
-    step_summary = os.environ.get(STEP_SUMMARY_ENV)
-    if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as f:
+    step_summary_path = os.environ.get(STEP_SUMMARY_ENV) if step_summary else None
+    if step_summary_path:
+        with open(step_summary_path, "a", encoding="utf-8") as f:
             f.write(text + "\n")
-        written.append(Path(step_summary))
+        written.append(Path(step_summary_path))
     return written

@@ -1,4 +1,5 @@
-"""Collapse checks for CI: bounds on metrics, comparison with a baseline, JSON and JUnit reports.
+"""Collapse checks for CI: bounds on metrics, comparison with a baseline (the JSON and JUnit
+reports, re-exported here, live in :mod:`collapse_probe.check_reports`).
 
 Each check is one metric of one layer against one bound:
 
@@ -32,16 +33,15 @@ given only when it holds whatever those dimensions do; otherwise :func:`run_chec
 
 from __future__ import annotations
 
-import json
 import math
-import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
+from collapse_probe.check_reports import write_junit_xml, write_report_json
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.result import Spectrum, json_safe
+from collapse_probe.result import Spectrum
+
+__all__ = ["CannotJudgeError", "CheckResult", "run_checks", "validate_bounds", "write_junit_xml", "write_report_json"]
 
 
 class CannotJudgeError(CollapseProbeError):
@@ -240,37 +240,3 @@ def run_checks(
         raise CannotJudgeError("cannot judge " + "; ".join(text for text, _ in refusals),
                                max(needed for _, needed in refusals))
     return results
-
-
-def write_report_json(path: str | Path, results: Sequence[CheckResult], *, source: Mapping[str, Any] | None = None,
-                      metrics: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
-    """``{"passed", "n_checks", "n_failed", "checks": [...], "metrics": {layer: {...}}, "source"}``."""
-    failed = [r for r in results if not r.passed]
-    document = {
-        "passed": not failed, "n_checks": len(results), "n_failed": len(failed),
-        "checks": [{**asdict(r), "message": r.message} for r in results],
-        "metrics": dict(metrics or {}), "source": dict(source or {}),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(document), indent=1))
-    return path
-
-
-def write_junit_xml(path: str | Path, results: Sequence[CheckResult], *, suite: str = "collapse-probe") -> Path:
-    """A JUnit XML report: one ``<testcase>`` per check, a ``<failure>`` for each failed one."""
-    failures = sum(not r.passed for r in results)
-    suites = ET.Element("testsuites", name=suite, tests=str(len(results)), failures=str(failures))
-    element = ET.SubElement(suites, "testsuite", name=suite, tests=str(len(results)), failures=str(failures),
-                            errors="0", skipped="0")
-    for r in results:
-        case = ET.SubElement(element, "testcase", classname=f"{suite}.{r.layer}", name=f"{r.check}:{r.metric}")
-        if not r.passed:
-            failure = ET.SubElement(case, "failure", message=r.message, type="CollapseCheckFailed")
-            failure.text = r.message
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
-    return path
-
-

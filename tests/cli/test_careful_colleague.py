@@ -280,6 +280,41 @@ def test_a_nan_model_is_refused_skipped_with_the_flag_and_fails_check(tiny_model
     assert stdout.startswith("FAIL finite-output: non-finite embeddings")
 
 
+def test_a_nan_model_writes_every_report_saying_so_over_a_stale_one(tiny_models, image_folder, invoke, image_args,
+                                                                      tmp_path, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    path, arch = tiny_models["nan"]
+    reports = {"json": tmp_path / "r.json", "xml": tmp_path / "r.xml", "md": tmp_path / "s.md"}
+    reports["json"].write_text('{"verdict": "pass", "passed": true}')  # an earlier, passing run's
+    reports["xml"].write_text('<testsuites tests="1" failures="0"><testsuite tests="1" failures="0">'
+                              '<testcase name="min-rankme:rankme"/></testsuite></testsuites>')
+    reports["md"].write_text("### collapse-probe check: PASS (1/1 checks passed)\n")
+    code, stdout, stderr = invoke(["check", path, "--arch", arch, "--data", image_folder, *image_args,
+                                   "--min-rankme", "1", "--report-json", reports["json"],
+                                   "--junit-xml", reports["xml"], "--summary-md", reports["md"]])
+    assert code == 1 and stderr == ""
+    first = stdout.splitlines()[0]
+    assert first.startswith("FAIL finite-output: non-finite embeddings (NaN/Inf) in ")
+    suite = ET.parse(reports["xml"]).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "1", "0")
+    (case,) = suite.findall("testcase")
+    (failure,) = case.findall("failure")
+    assert case.get("name") == "finite-output" and failure.get("message") == first
+    assert "non-finite" in failure.text
+    report = json.loads(reports["json"].read_text())
+    assert (report["verdict"], report["passed"], report["n_checks"], report["n_failed"]) == ("fail", False, 1, 1)
+    assert report["reason"] == first.removeprefix("FAIL ") and report["reason"].startswith("finite-output: non-finite")
+    (entry,) = report["checks"]
+    assert entry["check"] == "finite-output" and entry["passed"] is False and entry["message"] == first
+    assert report["source"] == {"checkpoint": path}
+    summary = reports["md"].read_text()
+    assert summary.startswith("### collapse-probe check: FAIL") and "**Failed:** finite-output: non-finite" in summary
+    assert step.read_text() == summary + "\n"
+
+
 # ----------------------------------------------------------------------------- --arch module:callable, compare
 
 

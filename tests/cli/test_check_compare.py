@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -178,3 +179,133 @@ def test_reports_say_which_dims_the_samples_cannot_show(tmp_path, invoke):
     assert code == 0 and stdout.splitlines()[1].split()[5:7] == ["0/8", "8"]  # collapsed 0 of 8 shown, 8 unobserved
     assert ("few: 9 samples show at most 8 of its 16 dimensions; the other 8 are unobserved (not counted as "
             "collapsed): use at least 17 samples to see them all") in stderr
+
+
+# ----------------------------------------------------------------------------- report files: checked first, never stale
+
+REPORT_OPTIONS = ["--report-json", "--junit-xml", "--summary-md"]
+
+
+def _error_line(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if line.strip()]
+    assert line.startswith("Error: "), line
+    return line
+
+
+@pytest.mark.parametrize("option", REPORT_OPTIONS)
+def test_a_report_path_that_cannot_be_written_fails_before_the_model_is_loaded(tmp_path, invoke, monkeypatch,
+                                                                               image_folder, option):
+    import collapse_probe.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_or_probe", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "a_file").write_text("not a folder")
+    bad = tmp_path / "a_file" / "sub" / "report"
+    code, stdout, stderr = invoke(["check", tmp_path / "missing.pt", "--data", image_folder, "--min-rankme", "1",
+                                   option, bad])
+    assert code == 2 and stdout == ""
+    assert _error_line(stderr) == f"Error: {option} {bad.parent}: cannot create the folder (Not a directory)"
+    # an existing file that cannot be replaced (root may write anywhere: os.access stands in for a read-only file)
+    stale = tmp_path / "read_only"
+    stale.write_text("old")
+    real_access = os.access
+
+    def access(path, mode, **kwargs):
+        return real_access(path, mode, **kwargs) and not (str(path) == str(stale) and mode & os.W_OK)
+
+    monkeypatch.setattr(os, "access", access)
+    code, _, stderr = invoke(["check", tmp_path / "missing.pt", "--data", image_folder, "--min-rankme", "1",
+                              option, stale])
+    assert code == 2
+    assert _error_line(stderr) == f"Error: {option} {stale}: cannot write that file (permission denied)"
+    assert stale.read_text() == "old"
+
+
+@pytest.mark.parametrize("option", REPORT_OPTIONS)
+def test_a_missing_report_folder_is_created_as_for_out(tmp_path, healthy_and_collapsed, invoke, option):
+    (healthy, _), _ = healthy_and_collapsed
+    code, _, stderr = invoke(["check", tmp_path / "missing.pt", "--min-rankme", "1", option,
+                              tmp_path / "new" / "deeper" / "report"])
+    assert code == 2 and "--data" in _error_line(stderr)
+    assert (tmp_path / "new" / "deeper").is_dir()  # made while the options are parsed, as --out is
+    code, _, _ = invoke(["check", healthy, "--min-rankme", "1", option, tmp_path / "new2" / "report"])
+    assert code == 0 and (tmp_path / "new2" / "report").is_file()
+
+
+def _stale_reports(tmp_path) -> list:
+    """Reports of an earlier, passing run, at the paths the next run is given."""
+    paths = [tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "s.md"]
+    paths[0].write_text(json.dumps({"verdict": "pass", "passed": True, "n_checks": 1, "n_failed": 0}))
+    paths[1].write_text('<testsuites tests="1" failures="0"><testsuite tests="1" failures="0">'
+                        '<testcase name="min-rankme:rankme"/></testsuite></testsuites>')
+    paths[2].write_text("### collapse-probe check: PASS (1/1 checks passed)\n")
+    return ["--report-json", paths[0], "--junit-xml", paths[1], "--summary-md", paths[2]]
+
+
+def _junit_cases(path) -> tuple[ET.Element, list]:
+    suite = ET.parse(path).getroot().find("testsuite")
+    return suite, suite.findall("testcase")
+
+
+def test_cannot_judge_writes_every_report_saying_so(tmp_path, invoke):
+    few, _ = _saved(tmp_path, "few", torch.randn(6, 16, generator=torch.Generator().manual_seed(0),
+                                                  dtype=torch.float64))
+    code, stdout, stderr = invoke(["check", few, "--min-effective-rank", "10", *_stale_reports(tmp_path)])
+    assert code == 2 and stdout == ""
+    line = _error_line(stderr)
+    assert line.startswith("Error: cannot judge min-effective-rank [fc]") and "need at least 17 samples, got 6" in line
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"] == "cannot judge" and report["passed"] is False
+    assert report["reason"] == line.removeprefix("Error: ")
+    assert (report["n_checks"], report["n_failed"], report["n_errors"]) == (0, 0, 1)
+    assert report["metrics"]["fc"]["n_samples"] == 6 and report["source"]["spectrum_file"] == str(few)
+    suite, (case,) = _junit_cases(tmp_path / "r.xml")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "0", "1")
+    (error,) = case.findall("error")
+    assert case.get("name") == "cannot-judge" and error.get("type") == "CannotJudge"
+    assert error.get("message") == report["reason"] and case.find("skipped") is None
+    assert (tmp_path / "s.md").read_text().startswith("### collapse-probe check: CANNOT JUDGE")
+
+
+def test_a_run_stopped_by_an_error_leaves_no_stale_report(tmp_path, healthy_and_collapsed, invoke):
+    (healthy, _), _ = healthy_and_collapsed
+    code, stdout, stderr = invoke(["check", healthy, "--baseline", tmp_path / "missing.json", "--max-drop", "0.1",
+                                   *_stale_reports(tmp_path)])
+    assert code == 2 and stdout == ""
+    line = _error_line(stderr)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"] == "error" and report["passed"] is False and report["n_errors"] == 1
+    assert report["reason"] == line.removeprefix("Error: ") and "missing.json" in report["reason"]
+    suite, (case,) = _junit_cases(tmp_path / "r.xml")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "0", "1")
+    assert case.get("name") == "error" and case.find("error").get("message") == report["reason"]
+    assert (tmp_path / "s.md").read_text().startswith("### collapse-probe check: ERROR")
+
+
+def test_pass_and_fail_reports_carry_the_verdict(tmp_path, healthy_and_collapsed, invoke):
+    (healthy, _), (collapsed, _) = healthy_and_collapsed
+    code, _, _ = invoke(["check", healthy, "--min-effective-rank", "2", *_stale_reports(tmp_path)])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0 and (report["verdict"], report["passed"], report["reason"], report["n_errors"]) == ("pass", True, None, 0)
+    code, _, _ = invoke(["check", collapsed, "--min-effective-rank", "15", *_stale_reports(tmp_path)])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 1 and (report["verdict"], report["passed"], report["n_failed"]) == ("fail", False, 1)
+    suite, (case,) = _junit_cases(tmp_path / "r.xml")
+    assert (suite.get("failures"), suite.get("errors")) == ("1", "0") and case.find("failure") is not None
+
+
+def test_a_report_that_cannot_be_written_is_removed_and_the_verdict_still_printed(tmp_path, healthy_and_collapsed,
+                                                                                invoke, monkeypatch):
+    import errno
+
+    import collapse_probe.check_reports as check_reports
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(check_reports, "write_junit_xml", disk_full)
+    _, (collapsed, _) = healthy_and_collapsed
+    code, stdout, stderr = invoke(["check", collapsed, "--min-effective-rank", "15", *_stale_reports(tmp_path)])
+    assert code == 2 and "FAIL min-effective-rank [fc]" in stdout  # the verdict is not lost
+    assert _error_line(stderr) == f"Error: --junit-xml {tmp_path / 'r.xml'}: cannot write (No space left on device)"
+    assert not (tmp_path / "r.xml").exists()  # never stale
+    assert json.loads((tmp_path / "r.json").read_text())["verdict"] == "fail"
