@@ -76,7 +76,7 @@ from collapse_probe.encoders import (
 )
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.hf_folder import is_hf_folder, load_hf_folder
-from collapse_probe.keymaps import flatten_vissl, remap_sequential_children
+from collapse_probe.keymaps import flatten_vissl, leading_prefixes, remap_sequential_children
 
 TRAINER_FORMAT = "collapse-probe/trainer-v1"
 #: Keys under which wrapped checkpoints keep their weights, tried in this order.
@@ -361,9 +361,7 @@ def rank_prefixes(keys: list[str], model_keys: set[str]) -> list[tuple[str, int]
     """
     counts: dict[str, int] = {"": 0}
     for key in keys:
-        parts = key.split(".")
-        for depth in range(min(MAX_PREFIX_DEPTH, len(parts) - 1) + 1):
-            prefix = "".join(p + "." for p in parts[:depth])
+        for _, prefix in leading_prefixes(key, MAX_PREFIX_DEPTH):
             if key[len(prefix):] in model_keys:
                 counts[prefix] = counts.get(prefix, 0) + 1
     return sorted(counts.items(), key=lambda item: (-item[1], _prefix_preference(item[0]), len(item[0]), item[0]))

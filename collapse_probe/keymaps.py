@@ -25,6 +25,19 @@ MAX_DEPTH = 3
 _INDEX = re.compile(r"\d+")
 
 
+def leading_prefixes(key: str, max_depth: int, *, keep: int = 1) -> list[tuple[int, str]]:
+    """``(depth, prefix)`` for each leading run of up to ``max_depth`` dotted names of ``key``
+    that leaves at least ``keep`` names after it, the empty prefix first.
+
+    >>> leading_prefixes("module.encoder_q.conv1.weight", 3)
+    [(0, ''), (1, 'module.'), (2, 'module.encoder_q.'), (3, 'module.encoder_q.conv1.')]
+    >>> leading_prefixes("module.encoder_q.conv1.weight", 3, keep=2)
+    [(0, ''), (1, 'module.'), (2, 'module.encoder_q.')]
+    """
+    parts = key.split(".")
+    return [(depth, "".join(p + "." for p in parts[:depth])) for depth in range(min(max_depth, len(parts) - keep) + 1)]
+
+
 def remap_sequential_children(
     state_dict: Mapping[str, torch.Tensor], children: Sequence[str], expected: set[str]
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -46,8 +59,7 @@ def remap_sequential_children(
     direct: dict[str, int] = {}
     for key in state_dict:
         parts = key.split(".")
-        for depth in range(min(MAX_DEPTH, len(parts) - 2) + 1):
-            prefix = "".join(p + "." for p in parts[:depth])
+        for depth, prefix in leading_prefixes(key, MAX_DEPTH, keep=2):
             if key[len(prefix):] in expected:
                 direct[prefix] = direct.get(prefix, 0) + 1
             index = parts[depth]
