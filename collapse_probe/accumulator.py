@@ -390,7 +390,7 @@ class CovarianceAccumulator:
         unit_square_sum = torch.mv(values.square().T, inverse_norms.square())
         unit_mean = unit_sum / safe_n_batch
         unit_m2 = (unit_square_sum - unit_mean * unit_sum).clamp_min(0.0)
-        self.unit_mean, self.unit_m2 = cpf.merge_diagonal_moments(
+        _, self.unit_mean, self.unit_m2 = cpf.merge_moments(
             self.count, self.unit_mean, self.unit_m2, n_batch, unit_mean, unit_m2)
 
     # ------------------------------------------------------ combine (derived from STATE)
@@ -405,7 +405,7 @@ class CovarianceAccumulator:
                 merged["count"], merged["mean"], merged["m2"] = cpf.merge_moments(
                     mine["count"], mine["mean"], mine["m2"], theirs["count"], theirs["mean"], theirs["m2"])
             elif kind == "unit_moments":
-                merged["unit_mean"], merged["unit_m2"] = cpf.merge_diagonal_moments(
+                _, merged["unit_mean"], merged["unit_m2"] = cpf.merge_moments(
                     mine["count"], mine["unit_mean"], mine["unit_m2"],
                     theirs["count"], theirs["unit_mean"], theirs["unit_m2"])
             elif kind == "sum":

@@ -55,7 +55,8 @@ def merge_moments(
     ``n = n_a + n_b``; ``delta = mean_b - mean_a``; ``mean = mean_a + delta * n_b / n``;
     ``M2 = M2_a + M2_b + delta delta^T * n_a n_b / n``. Exact in real arithmetic and, unlike
     ``E[zz^T] - mu mu^T``, free of cancellation when the mean is large against the spread.
-    Empty sides (n = 0) are handled without a host sync.
+    Empty sides (n = 0) are handled without a host sync. Per-dimension moments (``m2`` of shape
+    (d,), the diagonal only) merge by the diagonal of the same formula, ``delta^2 n_a n_b / n``: O(d).
 
     >>> one = torch.tensor(1.0, dtype=torch.float64)
     >>> n, mean, m2 = merge_moments(one, torch.tensor([1.0]).double(), torch.zeros(1, 1).double(),
@@ -67,27 +68,9 @@ def merge_moments(
     safe_n = torch.clamp(n, min=1.0)
     delta = mean_b - mean_a
     mean = mean_a + delta * (n_b / safe_n)
-    m2 = m2_a + m2_b + torch.outer(delta, delta) * (n_a * n_b / safe_n)
+    spread = torch.outer(delta, delta) if m2_a.ndim == 2 else delta * delta
+    m2 = m2_a + m2_b + spread * (n_a * n_b / safe_n)
     return n, mean, m2
-
-
-def merge_diagonal_moments(
-    n_a: torch.Tensor,
-    mean_a: torch.Tensor,
-    m2_a: torch.Tensor,
-    n_b: torch.Tensor,
-    mean_b: torch.Tensor,
-    m2_b: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`merge_moments` for per-dimension moments only: ``(mean, m2)`` with ``m2`` (d,).
-
-    ``M2 = M2_a + M2_b + delta^2 * n_a n_b / n`` elementwise: O(d), the diagonal of the full merge.
-    (The merged count is ``n_a + n_b``.)
-    """
-    n = n_a + n_b
-    safe_n = torch.clamp(n, min=1.0)
-    delta = mean_b - mean_a
-    return mean_a + delta * (n_b / safe_n), m2_a + m2_b + delta * delta * (n_a * n_b / safe_n)
 
 
 def covariance_from_moments(n: torch.Tensor | float, m2: torch.Tensor, ddof: int = 1) -> torch.Tensor:

@@ -55,7 +55,7 @@ def pool_moments(parts: list[Moments]) -> Moments:
     for part in parts:
         n_part = torch.tensor(float(part.count), dtype=like.dtype, device=like.device)
         if unit_m2 is not None:
-            unit_mean, unit_m2 = cpf.merge_diagonal_moments(n, unit_mean, unit_m2, n_part, part.unit_mean, part.unit_m2)
+            _, unit_mean, unit_m2 = cpf.merge_moments(n, unit_mean, unit_m2, n_part, part.unit_mean, part.unit_m2)
         n, mean, m2 = cpf.merge_moments(n, mean, m2, n_part, part.mean, part.m2)
     least_precise = max((p.input_dtype for p in parts), key=lambda name: _PRECISION.index(name)
                         if name in _PRECISION else -1)

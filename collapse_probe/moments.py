@@ -173,8 +173,8 @@ def embedding_moments(
             chunk = unit
         unit_n = torch.tensor(float(unit.shape[0]), dtype=torch.float64, device=z.device)
         unit_centred = unit - unit.mean(dim=0)  # two-pass per chunk, as the covariance
-        unit_mean, unit_m2 = cpf.merge_diagonal_moments(n, unit_mean, unit_m2, unit_n, unit.mean(dim=0),
-                                                        (unit_centred**2).sum(dim=0))
+        _, unit_mean, unit_m2 = cpf.merge_moments(n, unit_mean, unit_m2, unit_n, unit.mean(dim=0),
+                                                  (unit_centred**2).sum(dim=0))
         n, mean, m2 = cpf.merge_moments(n, mean, m2, *cpf.batch_moments(chunk))
     return Moments(
         count=int(n), mean=mean, m2=m2, center=center, normalize=normalize,
