@@ -13,7 +13,8 @@ plus untrained encoders (one per seed) and raw pixels as baselines.
 pass per view; ``--online-head sgd-bn`` is this project's earlier online classifier.
 
 Writes OUT/<method>-s<seed>/result.json per run, OUT/results.json, a markdown table (stdout) and
-OUT/spectra.png (final spectra, first seed). It resumes: finished runs are skipped, an
+OUT/spectra.png (final spectra, first seed) and OUT/effective_rank.png (effective rank per epoch;
+``--report-only`` redraws both and the table without training). It resumes: finished runs are skipped, an
 interrupted one continues from its checkpoint, and several invocations on the same --out share
 the work (each claims a run before training it), so ``--jobs 2`` or two processes use two cores.
 """
@@ -154,9 +155,13 @@ def main() -> None:
                         help="both views in one encoder pass (BatchNorm pools them); default: one pass per view")
     parser.add_argument("--online-head", default="lars", choices=["lars", "sgd-bn"])
     parser.add_argument("--no-baselines", action="store_true", help="skip the untrained-encoder and raw-pixel rows")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: the table and figures from the runs already in --out")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    if args.jobs > 1:
+    if args.report_only:
+        pass
+    elif args.jobs > 1:
         workers = [multiprocessing.get_context("spawn").Process(target=train_runs, args=(args,)) for _ in range(args.jobs)]
         for worker in workers:
             worker.start()
@@ -171,8 +176,43 @@ def main() -> None:
     print_table(results)
     figure_path = os.path.join(args.out, "spectra.png")
     data = preset_config(args.preset).data
-    make_figure(args.out, args.seeds[0], [m for m in ALL_METHODS if m in args.methods], data).savefig(figure_path, dpi=90)
-    print(f"figure: {figure_path}")
+    methods = [m for m in ALL_METHODS if m in args.methods]
+    make_figure(args.out, args.seeds[0], methods, data).savefig(figure_path, dpi=90)
+    trajectory_path = os.path.join(args.out, "effective_rank.png")
+    make_trajectory_figure(args.out, args.seeds, methods, results, data).savefig(trajectory_path, dpi=90)
+    print(f"figures: {figure_path}, {trajectory_path}")
+
+
+def make_trajectory_figure(out: str, seeds: list[int], methods: list[str], results: list[dict], data: str):
+    """Effective rank of representation and embedding after each epoch (the trainer's monitor on
+    the held-out split): seed mean, the band spanning the seeds, and the untrained encoder's
+    value (its final-evaluation number, mean over seeds) as a dashed line."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    axes = figure.subplots(1, 2)
+    for name in methods:
+        runs = [os.path.join(out, f"{name}-s{seed}", "metrics.jsonl") for seed in seeds]
+        rows = [[json.loads(line) for line in open(path)] for path in runs if os.path.exists(path)]
+        if not rows:
+            continue
+        epochs = min(len(r) for r in rows)
+        for ax, layer in zip(axes, ("representation", "embedding"), strict=True):
+            values = torch.tensor([[r[e][f"{layer}/effective_rank"] for e in range(epochs)] for r in rows])
+            x = range(1, epochs + 1)
+            (line,) = ax.plot(x, values.mean(0).numpy(), label=name, lw=1.4)
+            ax.fill_between(x, values.min(0).values.numpy(), values.max(0).values.numpy(), color=line.get_color(), alpha=0.2)
+    untrained = [r for r in results if r["method"] == "random-init"]
+    for ax, layer in zip(axes, ("representation", "embedding"), strict=True):
+        if untrained:
+            level = statistics.mean(r[f"{layer}/effective_rank"] for r in untrained)
+            ax.axhline(level, color="black", ls="--", lw=1, label="untrained encoder (MLP projector)" if layer == "embedding" else "untrained encoder")
+        ax.set_title(f"{layer} ({'backbone output' if layer == 'representation' else 'loss input'})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("effective rank (centred covariance)")
+        ax.legend(fontsize=7)
+    figure.suptitle(f"{data} held-out split: effective rank while training (seed mean, band: min-max over seeds)", fontsize=9)
+    return figure
 
 
 def make_figure(out: str, seed: int, methods: list[str], data: str = "builtin:digits"):
@@ -182,7 +222,10 @@ def make_figure(out: str, seed: int, methods: list[str], data: str = "builtin:di
     figure = Figure(figsize=(9, 3.4), layout="constrained")
     axes = figure.subplots(1, 2)
     for name in methods:
-        lines = open(os.path.join(out, f"{name}-s{seed}", "metrics.jsonl")).read().splitlines()
+        path = os.path.join(out, f"{name}-s{seed}", "metrics.jsonl")
+        if not os.path.exists(path):
+            continue
+        lines = open(path).read().splitlines()
         spectra = json.loads(lines[-1])["spectra"]
         for ax, layer in zip(axes, ("representation", "embedding"), strict=True):
             eig = torch.tensor(spectra[layer]["eigenvalues"], dtype=torch.float64).clamp_min(1e-12)
