@@ -122,3 +122,20 @@ def test_the_installed_data_set_matches_an_independent_parse(monkeypatch):
     assert np.array_equal(train.labels, train_labels) and np.array_equal(val.images, test_images)
     pixels = train.images / 255.0  # the normalisation constants are the training pixels' own
     assert abs(pixels.mean() - 0.286) < 5e-4 and abs(pixels.std() - 0.353) < 5e-4
+
+
+def test_train_subset_of_an_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        folder = tmp_path / "train" / f"class{k % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(10, 10, 3), dtype=np.uint8)).save(folder / f"img{k:02d}.png")
+    config = preset_config("demo", data=str(tmp_path), augment="pil", image_size=8, batch_size=2, train_subset=6,
+                           workers=0)
+    stream = train_stream(config, DistInfo(), torch.device("cpu"))
+    assert len(stream) == 3 and stream.num_classes == 3  # 6 of 12 images in batches of 2; every class still counted
+    assert list(stream.loader.dataset.indices) == subset_indices(12, 6).tolist()
+    x1, x2, y = next(iter(stream.epoch(0)))
+    assert x1.shape == x2.shape == (2, 3, 8, 8) and y.shape == (2,)
