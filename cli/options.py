@@ -105,7 +105,9 @@ device = click.option("--device", default="auto", show_default=True, metavar="au
 precision = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
                          show_default=True, help="Forward precision (statistics are always float64).")
 image_size = click.option("--image-size", type=click.IntRange(min=1), default=None,
-                          help="Centre-crop size [default: 224, or the training crop size a collapse-probe trainer checkpoint records].")
+                          help="Centre-crop size [default: 224, or the training crop size a collapse-probe trainer checkpoint records]. "
+                               "For a Hugging Face folder with an image processor it replaces the processor's resize "
+                               "and crop (its rescale and normalisation stay).")
 resize = click.option("--resize", type=click.IntRange(min=1), default=None,
                       help="Shorter side before the crop [default: image-size * 256/224, i.e. 256].")
 max_samples = click.option("--max-samples", type=click.IntRange(min=2), default=None,

@@ -14,7 +14,9 @@ default is the model output's ``last_hidden_state``, averaged over tokens (over 
 by the attention mask, for text).
 
 The folder's ``preprocessor_config.json`` (``AutoImageProcessor``) preprocesses images exactly as
-it says (resize, crop, rescale, normalise); its tokenizer (``AutoTokenizer``) turns text into
+it says (resize, crop, rescale, normalise); with an explicit image size the pipeline resizes and
+crops by its own evaluation transform instead and keeps only the processor's rescale and
+normalisation (:func:`processor_pixel_stats`). Its tokenizer (``AutoTokenizer``) turns text into
 batches. transformers is an optional dependency: ``pip install "collapse-probe[hf]"``.
 """
 
@@ -36,6 +38,9 @@ PROCESSOR_CONFIG = "preprocessor_config.json"
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 #: Missing keys under these names are not on the probed path (the pooler feeds ``pooler_output``).
 HARMLESS_MISSING_PREFIXES = ("pooler.",)
+#: The load report's note on the image processor starts so; the pipeline rewrites the rest to say
+#: what preprocessed the images in the end.
+PROCESSOR_NOTE = "images preprocessed by "
 INSTALL_HINT = 'pip install "collapse-probe[hf]"'
 
 
@@ -135,6 +140,42 @@ class ProcessorTransform:
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
+def processor_pixel_stats(processor: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` for ``ToTensor`` then ``Normalize`` that reproduce the processor's rescale
+    and normalisation exactly.
+
+    The processor maps an 8-bit pixel ``x`` to ``(x r - m) / s``: ``r`` its ``rescale_factor``
+    (1 without ``do_rescale``), ``m, s`` its ``image_mean``/``image_std`` (0 and 1 without
+    ``do_normalize``). ``ToTensor`` gives ``x / 255``, so ``Normalize(m / (255 r), s / (255 r))``
+    gives the same value. Raises :class:`CollapseProbeError` for a processor that normalises
+    without a mean and std (ImageGPT's, say): nothing to reproduce it with.
+
+    >>> from types import SimpleNamespace as P
+    >>> processor_pixel_stats(P(do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+    ...                         image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]))
+    ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    >>> processor_pixel_stats(P(do_rescale=True, rescale_factor=1 / 127.5, do_normalize=False))
+    ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5))
+    >>> processor_pixel_stats(P(do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=None))
+    Traceback (most recent call last):
+    ...
+    collapse_probe.errors.CollapseProbeError: SimpleNamespace of preprocessor_config.json normalises without ...
+    """
+    scale = 255 * (float(processor.rescale_factor) if getattr(processor, "do_rescale", False) else 1.0)
+    if not getattr(processor, "do_normalize", False):
+        return (0.0,) * 3, (1.0 / scale,) * 3
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if mean is None or std is None:
+        raise CollapseProbeError(f"{type(processor).__name__} of {PROCESSOR_CONFIG} normalises without an image_mean "
+                                 "and image_std, which --image-size/--resize cannot reproduce: drop them to "
+                                 "preprocess by the processor as it is")
+
+    def per_channel(value: Any) -> tuple[float, ...]:
+        return tuple(float(v) / scale for v in value) if isinstance(value, (list, tuple)) else (float(value) / scale,) * 3
+
+    return per_channel(mean), per_channel(std)
+
+
 def describe_processor(processor: Any) -> str:
     """``"ViTImageProcessor: resize {...}, crop ..., mean (...), std (...)"`` in one line."""
     parts = [type(processor).__name__ + ":"]
@@ -204,7 +245,7 @@ def load_hf_folder(path: str | os.PathLike, *, trust_checkpoint: bool = False,
     if shipped:
         notes.append(f"custom code imported (--trust-checkpoint): {shipped[0]}")
     if image_processor is not None:
-        notes.append(f"images preprocessed by {PROCESSOR_CONFIG}: {describe_processor(image_processor)}")
+        notes.append(f"{PROCESSOR_NOTE}{PROCESSOR_CONFIG}: {describe_processor(image_processor)}")
     if tokenizer is not None:
         notes.append(f"texts tokenised by {type(tokenizer).__name__} from the folder")
     report = {"kind": "Hugging Face folder", "arch": type(model).__name__, "arch_library": "transformers",

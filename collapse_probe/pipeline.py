@@ -16,15 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from collapse_probe.checkpoints import LoadedEncoder, load_encoder_with_report
-from collapse_probe.data.images import eval_transform, open_images
+from collapse_probe.checkpoints import LoadedEncoder, LoadReport, load_encoder_with_report
+from collapse_probe.data.images import default_resize, eval_transform, open_images
 from collapse_probe.data.text import is_text_data, model_max_length, open_texts
 from collapse_probe.devices import parse_device
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.hf_folder import (
     PROCESSOR_CONFIG,
+    PROCESSOR_NOTE,
     ProcessorTransform,
     describe_processor,
+    processor_pixel_stats,
     processor_size,
 )
 from collapse_probe.probe import spectrum
@@ -183,11 +185,22 @@ def _probe_loaded(paths: list[str | Path], loaded: list[LoadedEncoder], config: 
         names = list(plan) or [OUTPUT_NAME]
         spectra = {name: _relabel(solved[key], name) for name, key in zip(names, group, strict=True)}
         roles = {name: role for name, role in plan.items() if role} or {OUTPUT_NAME: "output"}
-        source = {"checkpoint": str(path), "loaded_as": item.report.kind, "arch": item.report.arch,
+        report = _note_preprocessing(item.report, data_source)
+        source = {"checkpoint": str(path), "loaded_as": report.kind, "arch": report.arch,
                   **data_source, "precision": config.precision or "fp32", "device": str(device),
-                  "load": item.report.to_dict(), "skip_nonfinite": config.skip_nonfinite}
-        results.append(ProbeResult(spectra, roles, source, item.report))
+                  "load": report.to_dict(), "skip_nonfinite": config.skip_nonfinite}
+        results.append(ProbeResult(spectra, roles, source, report))
     return results
+
+
+def _note_preprocessing(report: LoadReport, data_source: Mapping[str, Any]) -> LoadReport:
+    """``report`` with its note on the folder's image processor saying what preprocessed the images
+    (``--image-size``/``--resize`` replace the processor's resize and crop: :func:`open_data`)."""
+    done = data_source.get("preprocessing")
+    if not done:
+        return report
+    return replace(report, notes=tuple(PROCESSOR_NOTE + done if note.startswith(PROCESSOR_NOTE) else note
+                                       for note in report.notes))
 
 
 def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: DataConfig,
@@ -197,8 +210,9 @@ def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: D
     * a ``.txt``/``.jsonl`` file: tokenizer batches by the one model's tokenizer
       (:mod:`collapse_probe.data.text`);
     * images for a Hugging Face folder with an image processor: preprocessed by that processor
-      (its resize, crop and normalisation), unless ``image_size`` or ``resize`` is given, which
-      selects the evaluation transform at that size with the processor's mean and std;
+      (its resize, crop, rescale and normalisation), unless ``image_size`` or ``resize`` is given,
+      which selects the evaluation transform (bilinear resize, centre crop) at that size followed
+      by the processor's own rescale and normalisation (:func:`processor_pixel_stats`);
     * images otherwise: :func:`~collapse_probe.data.images.open_images` at ``d.image_size`` (None:
       the checkpoint's training crop size, else 224), refused early when a model needs another size.
     """
@@ -228,15 +242,18 @@ def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: D
     for path, item in zip(paths, loaded, strict=True):
         check_image_size(item.model, d.image_size, f"{Path(path).name}: this model")
     if processor is not None:
-        transform = eval_transform(d.image_size, d.resize, mean=processor.image_mean, std=processor.image_std)
+        mean, std = processor_pixel_stats(processor)
+        transform = eval_transform(d.image_size, d.resize, mean=mean, std=std)
     images = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
                          workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device,
                          transform=transform)
+    resize = d.resize or default_resize(d.image_size)
     source = {"data": str(d.data), "n_images": images.n_images, "n_unreadable_skipped": images.n_skipped,
-              "image_size": d.image_size, "resize": d.resize or int(d.image_size * 256 / 224)}
+              "image_size": d.image_size, "resize": resize}
     if processor is not None:
-        source["preprocessing"] = ("evaluation transform at --image-size/--resize with the mean and std of "
-                                   f"{PROCESSOR_CONFIG} (its own resize and crop not used)")
+        source["preprocessing"] = (f"the evaluation transform (bilinear resize of the shorter side to {resize}, centre "
+                                   f"crop {d.image_size}), then the rescale and normalisation of {PROCESSOR_CONFIG} "
+                                   f"({type(processor).__name__}'s own resize and crop not used)")
     return images, source
 
 

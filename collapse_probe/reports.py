@@ -57,7 +57,7 @@ def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relati
     ax = plot_spectra(spectra, relative=relative, roles=roles)
     ax.figure.savefig(paths["png"], dpi=120)
     to_frame(spectra).to_csv(paths["csv"])
-    document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in spectra.items()}, "roles": {}, "source": {}}
+    document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in spectra.items()}, "roles": dict(roles or {}), "source": {}}
     paths["json"].write_text(json.dumps(json_safe(document), indent=1))
     return paths
 

@@ -1,6 +1,8 @@
 """`collapse-probe spectrum` on Hugging Face save_pretrained folders: BERT on .txt/.jsonl text,
-DINOv2 / ViT-MAE on images through their saved image processor, auto_map refused, and a missing
-transformers named in one line. Tiny random configs saved into tmp folders: no download."""
+DINOv2 / ViT-MAE on images through their saved image processor (or, with --image-size/--resize,
+the evaluation transform and the processor's rescale and normalisation), auto_map refused, a
+missing transformers named in one line; `compare` on folders, alone and mixed with a checkpoint.
+Tiny random configs saved into tmp folders: no download."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import uuid
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as T
+from PIL import Image
 
 from collapse_probe import spectrum
 
@@ -39,13 +43,50 @@ def bert_folder(tmp_path_factory):
     return folder
 
 
-def _dino_folder(root):
+def _dino_folder(root, processor: bool = True, **processor_kwargs):
+    """A tiny DINOv2 (any input size: it interpolates its position embeddings) with a BitImageProcessor
+    (resize 28, crop 24) unless ``processor`` is False."""
     torch.manual_seed(0)
     config = transformers.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=32, image_size=24, patch_size=8)
     transformers.Dinov2Model(config).save_pretrained(root)
-    transformers.BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 24, "width": 24}).save_pretrained(root)
+    if processor:
+        transformers.BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 24, "width": 24},
+                                       **processor_kwargs).save_pretrained(root)
     return root
+
+
+def _vit_folder(root, processor: bool = True):
+    """A tiny ViT that takes 16 px inputs only, with a ViTImageProcessor (resize to 16) unless ``processor`` is False."""
+    torch.manual_seed(1)
+    config = transformers.ViTConfig(hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+                                    image_size=16, patch_size=8)
+    transformers.ViTModel(config).save_pretrained(root)
+    if processor:
+        transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root)
+    return root
+
+
+def _readable_images(folder) -> list:
+    """The fixture folder's images decoded by PIL itself (the corrupt one and the text file left out)."""
+    images = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in {".jpg", ".png"}:
+            try:
+                with Image.open(path) as image:
+                    images.append(image.convert("RGB"))
+            except OSError:
+                continue
+    return images
+
+
+def _numpy_eigenvalues(folder, x: torch.Tensor) -> np.ndarray:
+    """Independent reference: the model loaded by transformers itself, last_hidden_state averaged over
+    tokens, then numpy float64 eigenvalues (descending) of the centred ddof-1 covariance."""
+    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    with torch.no_grad():
+        z = model(pixel_values=x).last_hidden_state.mean(dim=1).double().numpy()
+    return np.linalg.eigvalsh(np.cov(z, rowvar=False, ddof=1))[::-1]
 
 
 def _reference(folder, batches):
@@ -98,6 +139,101 @@ def test_dinov2_folder_uses_its_image_processor(invoke, image_folder, tmp_path):
     expected = _reference(folder, [x[i:i + 3] for i in range(0, len(x), 3)]).eigenvalues.numpy()
     got = np.array(json.loads(out)["layers"]["output"]["eigenvalues"])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-9 * expected.max())
+
+
+@pytest.mark.parametrize(("processor_kwargs", "size_args", "crop", "resize"), [
+    ({}, ["--image-size", "32"], 32, 36),  # CLIP mean/std, 1/255
+    ({"do_normalize": False, "rescale_factor": 1 / 127.5}, ["--resize", "30"], 24, 30),  # crop: the processor's
+], ids=["image-size", "resize-unnormalised"])
+def test_image_size_on_a_folder_with_a_processor_is_honoured_with_its_pixel_scaling(
+        invoke, image_folder, tmp_path, processor_kwargs, size_args, crop, resize):
+    """--image-size/--resize replace the processor's resize and crop by the evaluation transform
+    (bilinear resize of the shorter side, centre crop) and keep its rescale and normalisation: the
+    same spectrum as torchvision transforms then the processor's formula (x r - mean) / std here."""
+    folder = _dino_folder(tmp_path / "dino", **processor_kwargs)
+    code, out, err = invoke(["spectrum", folder, "--data", image_folder, *size_args, "--out", tmp_path / "o", *QUIET])
+    assert code == 0, err
+    report = json.loads(out)
+    source = report["source"]
+    assert (source["image_size"], source["resize"]) == (crop, resize)
+    assert "own resize and crop not used" in source["preprocessing"]
+    processor_notes = [n for n in source["load"]["notes"] if n.startswith("images preprocessed by")]
+    assert processor_notes == ["images preprocessed by " + source["preprocessing"]]  # not the processor's crop 24
+
+    processor = transformers.AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    images = _readable_images(image_folder)
+    prepare = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                         T.CenterCrop(crop), T.PILToTensor()])
+    x = torch.stack([prepare(image) for image in images]).double() * processor.rescale_factor
+    if processor.do_normalize:
+        x = (x - torch.tensor(processor.image_mean).view(3, 1, 1)) / torch.tensor(processor.image_std).view(3, 1, 1)
+    expected = _numpy_eigenvalues(folder, x.float())
+    got = np.array(report["layers"]["output"]["eigenvalues"])
+    assert report["layers"]["output"]["n_samples"] == len(images) == 9
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * expected[0])
+    # the option is not a no-op: the processor's own 24 px pipeline gives another spectrum
+    own = _numpy_eigenvalues(folder, processor(images=images, return_tensors="pt")["pixel_values"])
+    assert np.abs(own - expected).max() > 1e-2 * expected[0]
+
+
+def test_image_size_a_fixed_size_folder_cannot_take_is_refused_in_one_line(invoke, image_folder, tmp_path):
+    code, out, err = invoke(["spectrum", _vit_folder(tmp_path / "vit"), "--data", image_folder, "--image-size", "24",
+                             "--out", tmp_path / "o", *QUIET])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "24" in err and "16" in err
+
+
+def test_compare_folders_and_a_checkpoint_equals_spectrum_of_each(invoke, image_folder, checkpoints, tmp_path):
+    """Folders with an image processor get a pass each, the checkpoint its own: every row of the
+    table, the --json metrics and compare.json's eigenvalues equal `spectrum` on that source alone."""
+    sources = [_dino_folder(tmp_path / "dino"), _vit_folder(tmp_path / "vit"), checkpoints["pt"]]
+    common = ["--data", image_folder, "--arch", "resnet18", "--workers", "0", "--batch-size", "4"]
+    code, out, err = invoke(["compare", *sources, *common, "--quiet", "--json", "--out", tmp_path / "cmp"])
+    assert code == 0, err
+    metrics = json.loads(out)
+    document = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert list(metrics) == list(document["layers"]) == ["dino:output", "vit:output", "plain.pt:fc"]
+    assert document["roles"] == {"dino:output": "output", "vit:output": "output", "plain.pt:fc": "representation"}
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, table, err = invoke(["compare", *sources, *common, "--out", tmp_path / "cmp2"])
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in table.strip().splitlines()[1:]}
+    for source, key in zip(sources, metrics, strict=True):
+        layer = key.rpartition(":")[2]
+        code, out, err = invoke(["spectrum", source, *common, "--quiet", "--json",
+                                 "--out", tmp_path / f"alone_{source.name}"])
+        assert code == 0, err
+        alone = json.loads(out)
+        expected = np.array(alone["layers"][layer]["eigenvalues"])
+        np.testing.assert_allclose(document["layers"][key]["eigenvalues"], expected, rtol=0, atol=1e-9 * expected[0])
+        assert metrics[key]["effective_rank"] == pytest.approx(alone["metrics"][layer]["effective_rank"], rel=1e-9)
+        assert metrics[key]["rankme"] == pytest.approx(alone["metrics"][layer]["rankme"], rel=1e-9)
+        assert rows[key][4] == f"{alone['metrics'][layer]['effective_rank']:.2f}"
+    assert alone["source"]["image_size"] == 224  # the checkpoint alone: the default, not a folder's processor size
+
+
+def test_compare_folders_without_processors_in_one_pass_equals_spectrum_of_each(invoke, image_folder, tmp_path,
+                                                                                 monkeypatch):
+    """Folders without an image processor share one pass (ModelBundle hooks each model's output);
+    --image-size applies to both, and each spectrum equals that folder's `spectrum` alone."""
+    import collapse_probe.pipeline as pipeline
+
+    sources = [_dino_folder(tmp_path / "dino", processor=False), _vit_folder(tmp_path / "vit", processor=False)]
+    common = ["--data", image_folder, "--image-size", "16", "--resize", "20", *QUIET]
+    calls = []
+    real = pipeline.spectrum
+    monkeypatch.setattr(pipeline, "spectrum", lambda *a, **k: calls.append(k["layers"]) or real(*a, **k))
+    code, out, err = invoke(["compare", *sources, *common, "--out", tmp_path / "cmp"])
+    assert code == 0, err
+    assert calls == [["outputs.m0", "outputs.m1"]]  # one pass over the images for both folders
+    assert (tmp_path / "cmp" / "compare.png").is_file()
+    document = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    for source in sources:
+        code, out, err = invoke(["spectrum", source, *common, "--out", tmp_path / f"alone_{source.name}"])
+        assert code == 0, err
+        expected = np.array(json.loads(out)["layers"]["output"]["eigenvalues"])
+        got = np.array(document["layers"][f"{source.name}:output"]["eigenvalues"])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * expected[0])
 
 
 def test_vit_mae_folder_is_probed_without_random_masking(invoke, image_folder, tmp_path):
