@@ -6,7 +6,7 @@
 #   bash benchmarks/device_check.sh OUT_DIR --keep-going # run every step even after one fails
 #
 # Steps, each timed and run under `timeout` within its own budget and what is left of the total
-# (DEVICE_CHECK_BUDGET_S, default 450 s); the first failure stops the run (fail fast) unless
+# (DEVICE_CHECK_BUDGET_S, default 450 s; the dry run's are 10 times longer); the first failure stops the run (fail fast) unless
 # --keep-going:
 #   environment    torch / CUDA / card facts (a full run needs a CUDA GPU)
 #   install        pip install -e ".[dev]", skipped when this checkout already imports
@@ -46,7 +46,10 @@ LOG=$OUT/device_check.log
 STEPS=$OUT/steps.jsonl
 rm -f "$OUT"/*.out "$OUT"/*.json "$OUT"/*.jsonl "$OUT"/pytest_cuda.xml  # nothing stale from an earlier run
 : >"$LOG"; : >"$STEPS"
-TOTAL=${DEVICE_CHECK_BUDGET_S:-450}
+# The CPU dry run's steps are toy-sized but each starts torch; on a busy shared CPU that alone can
+# outlast a step's GPU budget, so the dry run scales the budgets (DEVICE_CHECK_DRY_SCALE, default 10).
+DRY_SCALE=1; [[ $DRY == 1 ]] && DRY_SCALE=${DEVICE_CHECK_DRY_SCALE:-10}
+TOTAL=${DEVICE_CHECK_BUDGET_S:-$((450 * DRY_SCALE))}
 STARTED=$(date +%s)
 IMAGES=$(mktemp -d "${TMPDIR:-/tmp}/device_check_images.XXXXXX")
 trap 'rm -rf "$IMAGES"' EXIT
@@ -64,7 +67,7 @@ log() { echo "[device_check $(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 
 # run_step NAME BUDGET_S COMMAND...: time it under `timeout`, capture its output, record it.
 run_step() {
-  local name=$1 budget=$2; shift 2
+  local name=$1 budget=$(($2 * DRY_SCALE)); shift 2
   if [[ -n $FAILED && $KEEP_GOING == 0 ]]; then
     log "skip $name (after $FAILED failed)"
     "${HELPER[@]}" record "$STEPS" "$name" -1 0 "$budget" -- "$@"

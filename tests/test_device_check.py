@@ -34,8 +34,9 @@ def _run(out: Path, *args: str, budget: str | None = None) -> subprocess.Complet
     env.pop("PYTEST_ADDOPTS", None)
     if budget is not None:
         env["DEVICE_CHECK_BUDGET_S"] = budget
+    # a guard against a hang only: the dry run's own budgets (10 x the GPU run's) bound it first
     return subprocess.run(["bash", str(SCRIPT), str(out), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=5400)
 
 
 def test_dry_run_runs_every_step_and_writes_the_results_json(tmp_path):
@@ -45,7 +46,7 @@ def test_dry_run_runs_every_step_and_writes_the_results_json(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert result["format"] == "collapse-probe/device-check-v1"
     assert result["dry_run"] is True and result["ok"] is True and result["failed_steps"] == []
-    assert result["seconds_total"] <= result["budget_s"] == 450
+    assert result["seconds_total"] <= result["budget_s"] == 4500  # 450 s, scaled for the CPU dry run
     assert [step["name"] for step in result["steps"]] == STEPS
     for step in result["steps"]:
         assert step["status"] == "ok" and step["exit_code"] == 0, step
