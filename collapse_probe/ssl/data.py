@@ -158,8 +158,9 @@ def subset_indices(total: int, size: int | None) -> torch.Tensor | None:
     """The ``train_subset`` images: ``size`` indices of ``range(total)``, sorted, drawn with a fixed
     seed (0) so that every run and every seed trains on the same images; None for all of them.
 
-    >>> subset_indices(10, 3).tolist(), subset_indices(10, None)
-    ([0, 4, 6], None)
+    >>> keep = subset_indices(10, 3)
+    >>> len(keep), bool((keep.diff() > 0).all()), torch.equal(keep, subset_indices(10, 3)), subset_indices(10, None)
+    (3, True, True, None)
     """
     if size is None or size >= total:
         return None

@@ -54,8 +54,8 @@ def plot_two_layer(result: TwoLayerResult) -> Figure:
     """Figure 6: log10 singular values of W1, W2 and the embedding covariance eigenvalues over training.
 
     >>> from collapse_probe.theory.simulate import TwoLayerConfig, simulate_two_layer
-    >>> len(plot_two_layer(simulate_two_layer(TwoLayerConfig(steps=20, n_samples=300))).axes)
-    3
+    >>> len(plot_two_layer(simulate_two_layer(TwoLayerConfig(steps=20, n_samples=300))).axes)  # 3 panels + colorbar
+    4
     """
     fig = Figure(figsize=(11, 3.4), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True)
