@@ -256,16 +256,22 @@ def test_vit_mae_folder_is_probed_without_random_masking(invoke, image_folder, t
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9 * a.max())
 
 
-def test_auto_map_custom_code_is_refused_and_never_imported(invoke, bert_folder, tmp_path):
-    folder = tmp_path / "custom"
+def _with_custom_code(source, folder, module: str, class_name: str, code: str):
+    """A copy of the ``source`` folder whose config's auto_map names ``module.class_name``, defined by ``code``."""
     folder.mkdir()
-    for item in bert_folder.iterdir():
+    for item in source.iterdir():
         (folder / item.name).write_bytes(item.read_bytes())
-    marker = tmp_path / "IMPORTED"
-    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (folder / f"{module}.py").write_text(code)
     config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    config["auto_map"] = {"AutoModel": f"{module}.{class_name}"}
     (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_auto_map_custom_code_is_refused_and_never_imported(invoke, bert_folder, tmp_path):
+    marker = tmp_path / "IMPORTED"
+    folder = _with_custom_code(bert_folder, tmp_path / "custom", "modeling_evil", "EvilModel",
+                               f"open({str(marker)!r}, 'w').write('ran')\n")
     data = tmp_path / "t.txt"
     data.write_text("\n".join(_sentences(4)))
     code, out, err = invoke(["spectrum", folder, "--data", data, "--out", tmp_path / "o", *QUIET])
@@ -298,23 +304,17 @@ def test_trust_checkpoint_runs_the_folders_own_model_code(invoke, bert_folder, t
     BertModel subclass whose output is halved, so its spectrum is a quarter of the plain one.
     (transformers copies the code into its modules cache, named after the folder: a fresh name
     each run keeps an older copy from being used.)"""
-    folder = tmp_path / f"half_bert_{uuid.uuid4().hex[:12]}"
-    folder.mkdir()
-    for item in bert_folder.iterdir():
-        (folder / item.name).write_bytes(item.read_bytes())
     marker = tmp_path / "IMPORTED"
-    (folder / "modeling_half.py").write_text(
+    folder = _with_custom_code(
+        bert_folder, tmp_path / f"half_bert_{uuid.uuid4().hex[:12]}", "modeling_half", "HalfBert",
         "from transformers import BertModel\n"
         f"open({str(marker)!r}, 'w').write('ran')\n"
         "class HalfBert(BertModel):\n"
         "    def forward(self, *args, **kwargs):\n"
         "        out = super().forward(*args, **kwargs)\n"
         "        out.last_hidden_state = out.last_hidden_state * 0.5\n"
-        "        return out\n"
+        "        return out\n",
     )
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoModel": "modeling_half.HalfBert"}
-    (folder / "config.json").write_text(json.dumps(config))
     data = tmp_path / "t.txt"
     data.write_text("\n".join(_sentences(12)))
     code, _, err = invoke(["spectrum", bert_folder, "--data", data, "--out", tmp_path / "plain", *QUIET])
