@@ -14,23 +14,6 @@ from collapse_probe.data.views import open_views
 DELTA, EPS = 1e-4, 1e-8
 
 
-def reference_lidar(z: np.ndarray, delta: float = DELTA, eps: float = EPS) -> tuple[np.ndarray, float]:
-    """stable-pretraining's LiDAR callback, step by step, in numpy float64 on all (C, q, d) views."""
-    z = np.asarray(z, dtype=np.float64)
-    c, q, d = z.shape
-    class_means = z.mean(axis=1)
-    centred_means = class_means - class_means.mean(axis=0)
-    sb = centred_means.T @ centred_means / (c - 1)
-    deviations = (z - class_means[:, None, :]).reshape(-1, d)
-    sw = deviations.T @ deviations / (c * (q - 1)) + delta * np.eye(d)
-    w, v = np.linalg.eigh(sw)
-    inv_sqrt = (v / np.sqrt(np.maximum(w, eps))) @ v.T
-    matrix = inv_sqrt @ sb @ inv_sqrt
-    values = np.clip(np.linalg.eigvalsh(0.5 * (matrix + matrix.T)), 0.0, None)[::-1]
-    p = (values + eps) / (values + eps).sum()
-    return values, float(np.exp(-(p * np.log(p)).sum()))
-
-
 def views_data(c: int = 240, q: int = 5, d: int = 12, seed: int = 0) -> torch.Tensor:
     """Class means on a decaying spectrum far from the origin, anisotropic view noise: (C, q, d)."""
     g = torch.Generator().manual_seed(seed)
@@ -39,7 +22,7 @@ def views_data(c: int = 240, q: int = 5, d: int = 12, seed: int = 0) -> torch.Te
     return (means + noise).float()
 
 
-def assert_matches(result, z: torch.Tensor) -> None:
+def assert_matches(result, z: torch.Tensor, reference_lidar) -> None:
     values, score = reference_lidar(z.double().numpy())
     top = float(values[0])
     np.testing.assert_allclose(result.eigenvalues.numpy(), values, rtol=0, atol=1e-9 * top)
@@ -48,22 +31,22 @@ def assert_matches(result, z: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64, 240])
-def test_accumulator_equals_reference_for_any_batch_size(batch):
+def test_accumulator_equals_reference_for_any_batch_size(batch, reference_lidar):
     z = views_data()
     acc = LidarAccumulator(z.shape[2], views=z.shape[1])
     for start in range(0, z.shape[0], batch):
         acc.update(z[start : start + batch])
-    assert_matches(acc.compute(), z)
+    assert_matches(acc.compute(), z, reference_lidar)
 
 
-def test_merge_of_uneven_splits_equals_reference_and_state_dict_round_trips():
+def test_merge_of_uneven_splits_equals_reference_and_state_dict_round_trips(reference_lidar):
     z = views_data(c=101, q=3, d=9, seed=1)
     parts = [LidarAccumulator(9, views=3) for _ in range(3)]
     for acc, rows in zip(parts, (z[:10], z[10:11], z[11:]), strict=True):
         acc.update(rows)
     parts[0].merge(parts[1])
     parts[0].merge(parts[2])
-    assert_matches(parts[0].compute(), z)
+    assert_matches(parts[0].compute(), z, reference_lidar)
     restored = LidarAccumulator(9, views=3)
     restored.load_state_dict(parts[0].state_dict())
     assert torch.equal(restored.compute().eigenvalues, parts[0].compute().eigenvalues)
@@ -117,13 +100,13 @@ def _reference_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Ten
 
 
 @pytest.mark.parametrize("batch", [5, 64])
-def test_lidar_of_a_model_equals_reference_on_its_outputs(batch):
+def test_lidar_of_a_model_equals_reference_on_its_outputs(batch, reference_lidar):
     x = torch.randn(150, 4, 6)
     model = _model()
     loader = [(x[i : i + batch], torch.zeros(len(x[i : i + batch]))) for i in range(0, len(x), batch)]
     result = lidar(model, loader, views=4, layers=["0", "2"], progress=False)
     for name, z in _reference_outputs(model, x).items():
-        assert_matches(result[name], z)
+        assert_matches(result[name], z, reference_lidar)
     assert lidar(model, loader, views=4, progress=False).eigenvalues.shape == (8,)
     with pytest.raises(CollapseProbeError, match="views=3"):
         lidar(model, loader, views=3, progress=False)
@@ -151,7 +134,7 @@ def _worker(rank: int, world: int, x: torch.Tensor, out_dir: str) -> None:
 
 
 
-def test_two_gloo_processes_match_the_single_process_reference(tmp_path):
+def test_two_gloo_processes_match_the_single_process_reference(tmp_path, reference_lidar):
     x = torch.randn(151, 4, 6) * torch.linspace(2, 0.2, 6) + 1.0
     mp.spawn(_worker, args=(2, x, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

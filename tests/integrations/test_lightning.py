@@ -177,22 +177,7 @@ def test_ddp_two_processes_share_the_probe_and_agree(tmp_path):
     assert float(row["collapse/rep/effective_rank"]) == pytest.approx(rows[0]["rep/effective_rank"], rel=1e-6)
 
 
-def numpy_lidar(features: np.ndarray, delta: float = 1e-4, eps: float = 1e-8) -> float:
-    """LiDAR of (C, q, d) features by stable-pretraining's conventions, written out in numpy."""
-    classes, views, dim = features.shape
-    means = features.mean(axis=1)
-    centred = means - means.mean(axis=0)
-    between = centred.T @ centred / (classes - 1)
-    within_rows = (features - means[:, None]).reshape(-1, dim)
-    within = within_rows.T @ within_rows / (classes * (views - 1)) + delta * np.eye(dim)
-    w, v = np.linalg.eigh(within)
-    inv_sqrt = v @ np.diag(w ** -0.5) @ v.T
-    lam = np.linalg.eigvalsh(inv_sqrt @ between @ inv_sqrt)
-    p = (lam + eps) / (lam + eps).sum()
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def test_lightning_callback_logs_lidar_on_views(tmp_path):
+def test_lightning_callback_logs_lidar_on_views(tmp_path, reference_lidar):
     from lightning.pytorch.loggers import CSVLogger
 
     torch.manual_seed(0)
@@ -212,5 +197,5 @@ def test_lightning_callback_logs_lidar_on_views(tmp_path):
         features = model.backbone(views.reshape(-1, 6)).reshape(64, 4, 8).double().numpy()
     with open(trainer.logger.log_dir + "/metrics.csv") as f:
         row = [r for r in csv.DictReader(f) if r.get("collapse/rep/lidar")][-1]
-    assert float(row["collapse/rep/lidar"]) == pytest.approx(numpy_lidar(features), rel=1e-6)
+    assert float(row["collapse/rep/lidar"]) == pytest.approx(reference_lidar(features)[1], rel=1e-6)
     assert float(row["collapse/rep/lidar_n_classes"]) == 64

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,22 +18,6 @@ from collapse_probe.ssl import preset_config, train
 from collapse_probe.ssl.config import TrainConfig, validate
 from collapse_probe.ssl.loop import default_callbacks, lidar_loader
 from collapse_probe.ssl.model import build_model
-
-
-def _numpy_lidar(z: np.ndarray, delta: float = 1e-4, eps: float = 1e-8) -> float:
-    """stable-pretraining's LiDAR on all (C, q, d) views at once, numpy float64."""
-    c, q, d = z.shape
-    means = z.mean(axis=1)
-    centred = means - means.mean(axis=0)
-    sb = centred.T @ centred / (c - 1)
-    deviations = (z - means[:, None, :]).reshape(-1, d)
-    sw = deviations.T @ deviations / (c * (q - 1)) + delta * np.eye(d)
-    w, v = np.linalg.eigh(sw)
-    inv_sqrt = (v / np.sqrt(np.maximum(w, eps))) @ v.T
-    matrix = inv_sqrt @ sb @ inv_sqrt
-    p = np.clip(np.linalg.eigvalsh(0.5 * (matrix + matrix.T)), 0.0, None) + eps
-    p /= p.sum()
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def _model() -> nn.Module:
@@ -55,7 +38,7 @@ class _Recorder:
         self.rows.append(scalar_metrics(row))
 
 
-def test_monitor_lidar_equals_the_lidar_function_and_numpy(tmp_path):
+def test_monitor_lidar_equals_the_lidar_function_and_numpy(tmp_path, reference_lidar):
     model = _model()
     x = torch.randn(90, 4, 6)  # 90 samples, q = 4 views each
     views = DataLoader(TensorDataset(x), batch_size=16)
@@ -74,7 +57,7 @@ def test_monitor_lidar_equals_the_lidar_function_and_numpy(tmp_path):
         features = {"rep": rep, "emb": model.head(rep)}
     for name, layer in (("rep", "encoder"), ("emb", "head")):
         assert row[f"{name}/lidar"] == pytest.approx(direct[layer].lidar, rel=1e-9)
-        reference = _numpy_lidar(features[name].double().numpy().reshape(90, 4, -1))
+        reference = reference_lidar(features[name].double().numpy().reshape(90, 4, -1))[1]
         assert row[f"{name}/lidar"] == pytest.approx(reference, rel=1e-9)
         assert row[f"{name}/lidar_n_classes"] == 90
         assert row["lidar"][name]["conventions"]["delta"] == 1e-4
