@@ -22,6 +22,7 @@ the work (each claims a run before training it), so ``--jobs 2`` or two processe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -86,16 +87,24 @@ def claim(run_dir: str) -> bool:
         return False
     os.makedirs(run_dir, exist_ok=True)
     lock = os.path.join(run_dir, "claimed-by")
-    try:
-        holder = int(open(lock).read())
-        os.kill(holder, 0)  # raises when that process is gone
-        if holder != os.getpid():
-            return False
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        pass
-    with open(lock, "w") as handle:
-        handle.write(str(os.getpid()))
-    return int(open(lock).read()) == os.getpid()
+    for _ in range(2):  # the second try follows the removal of a dead process's claim
+        try:  # O_EXCL: of two processes creating the claim at once, exactly one succeeds
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(open(lock).read() or 0)
+                if holder == os.getpid():
+                    return True
+                os.kill(holder, 0)  # raises when that process is gone
+                return False
+            except (FileNotFoundError, ValueError, ProcessLookupError):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)  # an interrupted run: take it over (it resumes from its checkpoint)
+                continue
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        return True
+    return False
 
 
 def baselines(out: str, preset: str, seeds: list[int]) -> None:
