@@ -77,7 +77,7 @@ def collapse_probe_cli(checkpoint: Path, arch: str, folder: Path, out: Path, bat
     from collapse_probe_cli.errors import run_cli
     from collapse_probe_cli.main import cli
 
-    from collapse_probe.reports import load_spectra
+    from collapse_probe.pipeline.outputs import load_spectra
 
     code = run_cli(cli, ["spectrum", str(checkpoint), "--arch", arch, "--data", str(folder), "--batch-size",
                          str(batch_size), "--workers", str(workers), "--device", device, "--precision", precision,

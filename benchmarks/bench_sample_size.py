@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from collapse_probe.result import Spectrum
+from collapse_probe.results.spectrum import Spectrum
 
 METRICS = ("effective_rank", "rankme", "numerical_rank", "stable_rank", "participation_ratio")
 

@@ -16,7 +16,7 @@ import torch
 from bench_core import batches
 
 from collapse_probe import CovarianceAccumulator
-from collapse_probe.solve import solve_spectra
+from collapse_probe.metrics.solve import solve_spectra
 
 
 def timed_update(stream: list[torch.Tensor], d: int, *, gemm: bool, staging: bool, repeats: int) -> float:

@@ -95,9 +95,9 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
 def _judge(source: str, values: dict, quiet: bool, *, baseline: str | None, **bounds):
     """Probe (or load) ``source`` and run the checks: ``(ProbeResult, results, None)``, or
     ``(ProbeResult, [], CannotJudgeError)`` when the samples cannot judge a bound."""
-    from collapse_probe.checks import CannotJudgeError, run_checks, validate_bounds
-    from collapse_probe.pipeline import load_or_probe
-    from collapse_probe.reports import is_spectrum_file, load_spectra
+    from collapse_probe.checks.verdicts import CannotJudgeError, run_checks, validate_bounds
+    from collapse_probe.pipeline.checkpoints import load_or_probe
+    from collapse_probe.pipeline.outputs import is_spectrum_file, load_spectra
 
     validate_bounds(**bounds, has_baseline=baseline is not None)
     probe_values, _ = options.split_probe_values(values)
@@ -124,7 +124,7 @@ def _reason(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class _Reports:
-    """The report files of one run, each written with the run's outcome (collapse_probe.check_reports)."""
+    """The report files of one run, each written with the run's outcome (collapse_probe.checks.reports)."""
 
     report_json: str | None
     junit_xml: str | None
@@ -137,9 +137,9 @@ class _Reports:
         and named in a one-line error (unless ``best_effort``: another error is already on its way)."""
         import os
 
-        from collapse_probe.check_reports import write_junit_xml, write_report_json
-        from collapse_probe.check_summary import STEP_SUMMARY_ENV, summary_markdown, write_summary
-        from collapse_probe.reports import is_spectrum_file
+        from collapse_probe.checks.reports import write_junit_xml, write_report_json
+        from collapse_probe.checks.summary import STEP_SUMMARY_ENV, summary_markdown, write_summary
+        from collapse_probe.pipeline.outputs import is_spectrum_file
 
         outcome = {"failure": failure, "refused": refused, "error": error}
         if result is not None:

@@ -30,8 +30,8 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
       collapse-probe compare runA/spectrum.json runB/spectrum.json --out cmp
       collapse-probe compare r18.pth r50.pth --arch resnet18 --arch resnet50 --data val/ --out cmp
     """
-    from collapse_probe.pipeline import compare_sources
-    from collapse_probe.reports import (
+    from collapse_probe.pipeline.checkpoints import compare_sources
+    from collapse_probe.pipeline.outputs import (
         finite_metrics,
         format_table,
         nonfinite_notes,

@@ -30,7 +30,7 @@ def embeddings(file: str, key: str | None, name: str | None, center: bool, norma
       collapse-probe embeddings feats.safetensors --key projector --normalize --json
       collapse-probe embeddings feats.pt --key backbone --skip-nonfinite
     """
-    from collapse_probe.reports import (
+    from collapse_probe.pipeline.outputs import (
         ProbeResult,
         format_table,
         json_report,
@@ -39,7 +39,7 @@ def embeddings(file: str, key: str | None, name: str | None, center: bool, norma
         sample_limit_notes,
         write_outputs,
     )
-    from collapse_probe.result import Spectrum
+    from collapse_probe.results.spectrum import Spectrum
 
     label = name or Path(file).stem
     z = load_embeddings(file, key)

@@ -25,7 +25,7 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
 
     Python warnings become one ``Warning: ...`` line each on stderr (first line of the message,
     no source line; the same message once per run). ``--quiet`` silences them all except a
-    :class:`~collapse_probe.checkpoints.PartialLoadWarning` (``--allow-partial`` let a checkpoint
+    :class:`~collapse_probe.models.loading.PartialLoadWarning` (``--allow-partial`` let a checkpoint
     that does not fit load: part of the model is random, which a quiet CI run must still say).
     Deprecation and FutureWarnings (torch's own, meant for developers) are not shown. ``--debug``
     shows every warning as Python shows it.
@@ -59,7 +59,7 @@ def _one_line_warnings():
 
 
 def _is_partial_load(category: type) -> bool:
-    # by name: importing collapse_probe.checkpoints here would import torch for --help
+    # by name: importing collapse_probe.models.loading here would import torch for --help
     return any(c.__name__ == "PartialLoadWarning" for c in category.__mro__)
 
 

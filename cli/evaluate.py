@@ -36,7 +36,7 @@ def _shared(command: Any) -> Any:
 
 def _features(checkpoint: str, values: dict[str, Any]) -> Any:
     """Extract both splits' features, with the load report and skipped images on stderr."""
-    from collapse_probe.devices import parse_device
+    from collapse_probe._utils.devices import parse_device
     from collapse_probe.ssl.evaluate import check_eval_data, eval_features
 
     quiet = values.pop("quiet")
@@ -93,7 +93,7 @@ def linear(checkpoint: str, epochs: int, lr: float, weight_decay: float, standar
       collapse-probe eval linear runs/demo/checkpoint.pt --data builtin:digits --no-standardize
       collapse-probe eval linear solo_simclr.ckpt --arch resnet18 --data imagenet100/ --image-size 224
     """
-    from collapse_probe.devices import parse_device
+    from collapse_probe._utils.devices import parse_device
     from collapse_probe.ssl.evaluate import linear_probe
 
     features = _features(checkpoint, values)

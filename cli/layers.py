@@ -25,8 +25,8 @@ def layers(checkpoint: str, arch: str | None, image_size: int | None, device: st
       collapse-probe layers run/checkpoint.pt
       collapse-probe layers resnet50.pth --arch resnet50
     """
-    from collapse_probe.checkpoints import load_encoder_with_report
-    from collapse_probe.pipeline import layer_table
+    from collapse_probe.models.loading import load_encoder_with_report
+    from collapse_probe.pipeline.checkpoints import layer_table
 
     loaded = load_encoder_with_report(checkpoint, arch, trust_checkpoint=trust_checkpoint, allow_partial=allow_partial)
     rows = layer_table(loaded.model, image_size=image_size or loaded.image_size or 224, device=device)

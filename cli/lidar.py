@@ -50,7 +50,7 @@ def lidar(checkpoint: str, data: str | None, arch: str | None, layers: tuple[str
       collapse-probe lidar resnet50.pth --arch resnet50 --data val/ --views 16 --max-samples 2000 --json
     """
     from collapse_probe.errors import CollapseProbeError
-    from collapse_probe.lidar_probe import LidarConfig, lidar_checkpoint
+    from collapse_probe.probe.lidar import LidarConfig, lidar_checkpoint
 
     if not data:
         raise CollapseProbeError("--data DIR (or builtin:NAME) is needed to compute LiDAR")

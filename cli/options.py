@@ -1,7 +1,7 @@
 """Options shared by several commands, each defined once (the pip-tools ``scripts/options.py`` way).
 
 A command stacks the decorators it needs; :func:`probe_config` turns the parsed values into the
-library's :class:`~collapse_probe.reports.ProbeConfig`.
+library's :class:`~collapse_probe.pipeline.outputs.ProbeConfig`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import click
 
 from collapse_probe.errors import CollapseProbeError
 
-if TYPE_CHECKING:  # collapse_probe.pipeline imports torch: only when a command runs, never for --help
-    from collapse_probe.pipeline import ProbeConfig
+if TYPE_CHECKING:  # collapse_probe.pipeline.checkpoints imports torch: only when a command runs, never for --help
+    from collapse_probe.pipeline.checkpoints import ProbeConfig
 
 F = Callable[..., Any]
 
@@ -144,7 +144,7 @@ probe_options_per_checkpoint = _stack(data, arch_per_checkpoint, _probe_rest)
 
 def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
     """Build the :class:`ProbeConfig` from the parsed ``probe_options`` values."""
-    from collapse_probe.pipeline import DataConfig, ProbeConfig
+    from collapse_probe.pipeline.checkpoints import DataConfig, ProbeConfig
 
     if not values.get("data"):
         raise CollapseProbeError("--data DIR (or builtin:NAME) is needed to probe a checkpoint")

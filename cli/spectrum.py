@@ -31,8 +31,8 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
       collapse-probe spectrum dinov2_folder/ --data val/          # a save_pretrained folder
       collapse-probe spectrum bert_folder/ --data sentences.txt  # one text per line
     """
-    from collapse_probe.pipeline import probe_checkpoint
-    from collapse_probe.reports import (
+    from collapse_probe.pipeline.checkpoints import probe_checkpoint
+    from collapse_probe.pipeline.outputs import (
         format_table,
         json_report,
         nonfinite_notes,

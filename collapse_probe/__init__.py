@@ -14,45 +14,45 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from collapse_probe.lazy import lazy_exports
+from collapse_probe._utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from collapse_probe import testing, theory
-    from collapse_probe.accumulator import CovarianceAccumulator
-    from collapse_probe.checkpoints import load_encoder
     from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
-    from collapse_probe.functional import PowerLawFit
-    from collapse_probe.grouped import GroupedAccumulator
-    from collapse_probe.lidar_metric import Lidar, LidarAccumulator
-    from collapse_probe.lidar_probe import lidar
-    from collapse_probe.monitor import SpectrumMonitor
-    from collapse_probe.plot import plot_spectra
-    from collapse_probe.probe import spectrum
-    from collapse_probe.result import Spectrum, to_frame
-    from collapse_probe.solve import solve_spectra
+    from collapse_probe.functional.metrics import PowerLawFit
+    from collapse_probe.integrations.monitor import SpectrumMonitor
+    from collapse_probe.metrics.covariance import CovarianceAccumulator
+    from collapse_probe.metrics.grouped import GroupedAccumulator
+    from collapse_probe.metrics.lidar import Lidar, LidarAccumulator
+    from collapse_probe.metrics.solve import solve_spectra
+    from collapse_probe.models.loading import load_encoder
+    from collapse_probe.probe.lidar import lidar
+    from collapse_probe.probe.stream import spectrum
+    from collapse_probe.results.plot import plot_spectra
+    from collapse_probe.results.spectrum import Spectrum, to_frame
 
 # Public name -> the module that defines it ("": a submodule), imported on first use: importing
 # the package, or a light module such as collapse_probe.errors, does not import torch.
 __getattr__ = lazy_exports(__name__, {
     "CollapseProbeError": "collapse_probe.errors",
-    "CovarianceAccumulator": "collapse_probe.accumulator",
-    "GroupedAccumulator": "collapse_probe.grouped",
-    "Lidar": "collapse_probe.lidar_metric",
-    "LidarAccumulator": "collapse_probe.lidar_metric",
+    "CovarianceAccumulator": "collapse_probe.metrics.covariance",
+    "GroupedAccumulator": "collapse_probe.metrics.grouped",
+    "Lidar": "collapse_probe.metrics.lidar",
+    "LidarAccumulator": "collapse_probe.metrics.lidar",
     "NonFiniteEmbeddingError": "collapse_probe.errors",
-    "PowerLawFit": "collapse_probe.functional",
-    "lidar": "collapse_probe.lidar_probe",
-    "Spectrum": "collapse_probe.result",
-    "SpectrumMonitor": "collapse_probe.monitor",
-    "load_encoder": "collapse_probe.checkpoints",
-    "plot_spectra": "collapse_probe.plot",
-    "solve_spectra": "collapse_probe.solve",
-    "spectrum": "collapse_probe.probe",
+    "PowerLawFit": "collapse_probe.functional.metrics",
+    "lidar": "collapse_probe.probe.lidar",
+    "Spectrum": "collapse_probe.results.spectrum",
+    "SpectrumMonitor": "collapse_probe.integrations.monitor",
+    "load_encoder": "collapse_probe.models.loading",
+    "plot_spectra": "collapse_probe.results.plot",
+    "solve_spectra": "collapse_probe.metrics.solve",
+    "spectrum": "collapse_probe.probe.stream",
     "testing": "",
     "theory": "",
-    "to_frame": "collapse_probe.result",
+    "to_frame": "collapse_probe.results.spectrum",
 })
 
 

@@ -22,7 +22,7 @@ from collapse_probe.errors import CollapseProbeError
 if TYPE_CHECKING:  # the heavy modules load when the demo runs: VARIANTS is read by `--help`
     import pandas as pd
 
-    from collapse_probe.result import Spectrum
+    from collapse_probe.results.spectrum import Spectrum
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "simclr-mlp": {"method": "simclr", "projector": "mlp"},
@@ -68,7 +68,7 @@ def _variant_config(name: str, config: DemoConfig, out: Path) -> Any:
 
 def _probe_variant(model: Any, data: str, image_size: int) -> tuple[dict[str, Spectrum], float]:
     """Both spaces' spectra on the held-out split, and kNN top-1 of the representation."""
-    from collapse_probe.probe import spectrum
+    from collapse_probe.probe.stream import spectrum
     from collapse_probe.ssl.data import eval_loader
     from collapse_probe.ssl.evaluate import extract_features, knn_accuracy
 
@@ -91,7 +91,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
         collapsed_dims, knn_top1. Process-wide settings (torch threads, random generators, ...)
         are as the caller had them afterwards, whether it returns or raises.
     """
-    from collapse_probe.global_state import restored_global_state
+    from collapse_probe._utils.global_state import restored_global_state
 
     with restored_global_state():
         return _run_demo(config, progress=progress)
@@ -138,7 +138,7 @@ def draw_demo_figure(spectra: dict[str, dict[str, Spectrum]], path: Path, spaces
     """Representation and embedding spectra of every variant, side by side, largest = 1."""
     from matplotlib.figure import Figure
 
-    from collapse_probe.plot import plot_spectra
+    from collapse_probe.results.plot import plot_spectra
 
     figure = Figure(figsize=(12, 6.0), layout="constrained")
     axes = figure.subplots(1, len(spaces))

@@ -23,9 +23,9 @@ from typing import Any
 
 from torch import nn
 
-from collapse_probe.checks import run_checks
-from collapse_probe.probe import spectrum
-from collapse_probe.result import Spectrum
+from collapse_probe.checks.verdicts import run_checks
+from collapse_probe.probe.stream import spectrum
+from collapse_probe.results.spectrum import Spectrum
 
 
 def assert_no_collapse(
@@ -39,12 +39,12 @@ def assert_no_collapse(
 ) -> dict[str, Spectrum]:
     """Probe ``model`` on ``loader`` and raise ``AssertionError`` naming every failed bound.
 
-    Checks are those of :func:`collapse_probe.checks.run_checks` (effective rank of the singular
+    Checks are those of :func:`collapse_probe.checks.verdicts.run_checks` (effective rank of the singular
     values of the centred embedding matrix >= ``min_effective_rank``; collapsed share of the d
     dimensions <= ``max_collapsed_fraction``), on the model output (``layers=None``) or on each
     named layer. When the loader has too few samples to judge a bound (N - 1 < d: the samples
-    cannot show every dimension; see :mod:`collapse_probe.checks`) it raises
-    :class:`~collapse_probe.checks.CannotJudgeError` (a ``CollapseProbeError``, not an
+    cannot show every dimension; see :mod:`collapse_probe.checks.verdicts`) it raises
+    :class:`~collapse_probe.checks.verdicts.CannotJudgeError` (a ``CollapseProbeError``, not an
     ``AssertionError``: nothing was shown to have collapsed) saying how many samples are needed.
     Extra keyword arguments go to :func:`collapse_probe.spectrum` (``device``, ``normalize``,
     ``max_samples``, ...). Returns the spectra by layer (``"output"`` for the model output).

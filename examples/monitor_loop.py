@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from collapse_probe.monitor import SpectrumMonitor
+from collapse_probe.integrations.monitor import SpectrumMonitor
 from collapse_probe.ssl.data import eval_dataset
 
 

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from collapse_probe.arch_detect import detect_arch, meta_model
-from collapse_probe.checkpoints import load_encoder_with_report
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.models._detect import detect_arch, meta_model
+from collapse_probe.models.loading import load_encoder_with_report
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

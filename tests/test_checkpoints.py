@@ -10,14 +10,14 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from collapse_probe.checkpoints import (
+from collapse_probe.errors import CollapseProbeError
+from collapse_probe.models._fit import best_prefix
+from collapse_probe.models._registry import build_encoder, find_classifier, strip_classifier
+from collapse_probe.models.loading import (
     PartialLoadWarning,
-    best_prefix,
     load_encoder,
     load_encoder_with_report,
 )
-from collapse_probe.encoders import build_encoder, find_classifier, strip_classifier
-from collapse_probe.errors import CollapseProbeError
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from collapse_probe.checkpoints import load_encoder_with_report
+from collapse_probe.models.loading import load_encoder_with_report
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from collapse_probe.checks import run_checks
+from collapse_probe.checks.verdicts import run_checks
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.result import Spectrum
+from collapse_probe.results.spectrum import Spectrum
 from collapse_probe.testing import assert_no_collapse
 
 
@@ -80,7 +80,7 @@ def _few_samples(rank: int | None = None, n: int = 300, d: int = 512, seed: int 
 
 
 def test_checks_refuse_to_judge_a_bound_that_depends_on_dims_the_samples_cannot_show():
-    from collapse_probe.checks import CannotJudgeError
+    from collapse_probe.checks.verdicts import CannotJudgeError
 
     z, healthy = _few_samples()
     assert np.linalg.matrix_rank(z - z.mean(0)) == 299  # 300 samples show 299 of 512 dims, none collapsed
@@ -113,7 +113,7 @@ def test_checks_give_the_verdicts_that_hold_whatever_the_unobserved_dims_do():
 
 
 def test_max_drop_refuses_a_sample_limited_baseline_and_an_unmet_sample_limited_value():
-    from collapse_probe.checks import CannotJudgeError
+    from collapse_probe.checks.verdicts import CannotJudgeError
 
     _, few = _few_samples()
     many = Spectrum.from_embeddings(torch.as_tensor(np.random.default_rng(1).standard_normal((2000, 512))))
@@ -126,7 +126,7 @@ def test_max_drop_refuses_a_sample_limited_baseline_and_an_unmet_sample_limited_
 
 
 def test_assert_no_collapse_refuses_too_few_samples_instead_of_claiming_collapse():
-    from collapse_probe.checks import CannotJudgeError
+    from collapse_probe.checks.verdicts import CannotJudgeError
 
     g = torch.Generator().manual_seed(0)
     loader = [torch.randn(100, 64, generator=g) for _ in range(3)]  # 300 samples of a 64 -> 512 map

@@ -1,4 +1,4 @@
-"""Experiment-tracker adapters for :class:`~collapse_probe.monitor.SpectrumMonitor`.
+"""Experiment-tracker adapters for :class:`~collapse_probe.integrations.monitor.SpectrumMonitor`.
 
 Each adapter wraps an object the user already has (a TensorBoard ``SummaryWriter``, a W&B run,
 an MLflow run id) and is handed every probe's row on the main process only::
@@ -74,7 +74,7 @@ class TensorBoardLogger:
                 self.writer.add_histogram(f"{self.prefix}/{name}/log10_eigenvalues", log_eigenvalues(spec),
                                           global_step=epoch)
         if self.image and history:
-            from collapse_probe.monitor import plot_spectrum_history
+            from collapse_probe.integrations.monitor import plot_spectrum_history
 
             self.writer.add_figure(f"{self.prefix}/spectra", plot_spectrum_history(history), global_step=epoch,
                                    close=False)

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from collapse_probe.ranks import rank, world_size
+from collapse_probe._utils.ranks import rank, world_size
 
 
 class _EveryWorldthBatch:

@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from collapse_probe.integrations.loggers import scalar_metrics
+from collapse_probe.integrations.monitor import SpectrumMonitor
 from collapse_probe.integrations.shard import rank_shard
-from collapse_probe.monitor import SpectrumMonitor
 
 try:
     from transformers import TrainerCallback

@@ -7,7 +7,7 @@
 
 from typing import TYPE_CHECKING
 
-from collapse_probe.lazy import lazy_exports
+from collapse_probe._utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from collapse_probe.ssl.checkpoint import build_model_from_checkpoint, load_checkpoint
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collapse_probe.ssl.loop import NonFiniteLossError, TrainResult, TrainState, train
     from collapse_probe.ssl.model import SSLModel, build_model
 
-# imported on first use: importing this package must not import torch (collapse_probe.lazy)
+# imported on first use: importing this package must not import torch (collapse_probe._utils.lazy)
 __getattr__ = lazy_exports(__name__, {
     "NonFiniteLossError": "collapse_probe.ssl.loop",
     "SSLModel": "collapse_probe.ssl.model",

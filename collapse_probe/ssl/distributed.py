@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from collapse_probe.ranks import is_distributed, world_size
+from collapse_probe._utils.ranks import is_distributed, world_size
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,12 @@ def extract_features(
     ``layer`` (a name from ``module.named_modules()``): that submodule's output, average-pooled
     to (B, D) as :func:`collapse_probe.spectrum` pools it, instead of the module's output.
     """
-    from collapse_probe.capture import capture_outputs, pick_tensor, pool_output, resolve_modules
+    from collapse_probe.probe.capture import (
+        capture_outputs,
+        pick_tensor,
+        pool_output,
+        resolve_modules,
+    )
 
     device = torch.device(device) if device is not None else next(module.parameters()).device
     was_training = module.training
@@ -211,7 +216,7 @@ def labelled_loader(data: str, split: str, image_size: int, *, batch_size: int =
 
 def _eval_layer(loaded: Any, layer: str) -> str | None:
     """The module whose output is ``layer`` (backbone = the representation, embedding = the loss
-    input) in a :class:`~collapse_probe.checkpoints.LoadedEncoder`; None for the model output."""
+    input) in a :class:`~collapse_probe.models.loading.LoadedEncoder`; None for the model output."""
     role = {"backbone": "representation", "embedding": "embedding"}[layer]
     names = [name for name, r in loaded.default_layers.items() if r == role]
     if names:
@@ -243,9 +248,9 @@ def eval_features(
     or ``embedding`` (the projector output, what the loss sees). Every input (device, data
     folders, checkpoint, image size) is checked before any image is decoded.
     """
-    from collapse_probe.checkpoints import load_encoder_with_report
-    from collapse_probe.devices import parse_device
-    from collapse_probe.pipeline import DEFAULT_IMAGE_SIZE, check_image_size
+    from collapse_probe._utils.devices import parse_device
+    from collapse_probe.models.loading import load_encoder_with_report
+    from collapse_probe.pipeline.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 
     if layer not in ("backbone", "embedding"):
         raise CollapseProbeError(f"unknown layer {layer!r}; use backbone or embedding")

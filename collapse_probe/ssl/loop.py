@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collapse_probe.devices import resolve_device
+from collapse_probe._utils.devices import resolve_device
+from collapse_probe._utils.global_state import restored_global_state
+from collapse_probe._utils.ranks import is_distributed
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.global_state import restored_global_state
-from collapse_probe.ranks import is_distributed
 from collapse_probe.ssl.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -166,7 +166,7 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> TrainResul
     Returns a :class:`TrainResult`. Raises :class:`CollapseProbeError` for bad settings before
     training starts and :class:`NonFiniteLossError` if the loss diverges. Process-wide settings
     the run changes (``config.threads``, the seeded random generators, ...) are set back as the
-    caller had them when it returns or raises (:func:`~collapse_probe.global_state.restored_global_state`).
+    caller had them when it returns or raises (:func:`~collapse_probe._utils.global_state.restored_global_state`).
     """
     with restored_global_state():
         return _train(config, callbacks)
@@ -320,13 +320,13 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
 
 
 def default_callbacks(config: TrainConfig) -> Callbacks:
-    """The trainer's own callbacks: a :class:`~collapse_probe.monitor.SpectrumMonitor` on the
+    """The trainer's own callbacks: a :class:`~collapse_probe.integrations.monitor.SpectrumMonitor` on the
     held-out split (``val``, this process's shard of it) every ``config.monitor_every`` epochs,
     plotting into OUT/spectra.png; with ``config.monitor_lidar_views`` (q) it also logs LiDAR
     on :func:`lidar_loader`'s views."""
     if not config.monitor_every:
         return {}
-    from collapse_probe.monitor import SpectrumMonitor
+    from collapse_probe.integrations.monitor import SpectrumMonitor
 
     shard = dist_info()
     loader = eval_loader(config.data, "val", config.image_size, batch_size=256, max_samples=config.monitor_samples,

@@ -18,7 +18,7 @@ torch.Size([1, 16])
 
 from typing import TYPE_CHECKING
 
-from collapse_probe.lazy import lazy_exports
+from collapse_probe._utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from collapse_probe.theory.depth import DepthConfig, DepthResult, DepthRun, simulate_depth
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
         simulate_two_layer,
     )
 
-# imported on first use: importing this package must not import torch (collapse_probe.lazy)
+# imported on first use: importing this package must not import torch (collapse_probe._utils.lazy)
 __getattr__ = lazy_exports(__name__, {
     "DepthConfig": "collapse_probe.theory.depth",
     "DepthResult": "collapse_probe.theory.depth",

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from collapse_probe.result import Spectrum
+from collapse_probe.results.spectrum import Spectrum
 from collapse_probe.theory.defaults import DEPTH_STEPS
 from collapse_probe.theory.linear import LinearChain, decaying_init, train_contrastive
 from collapse_probe.theory.setting import SimulationConfig, check, embedding_spectrum, setup

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collapse_probe._utils.threads import single_threaded
 from collapse_probe.ssl.losses import info_nce
-from collapse_probe.threads import single_threaded
 
 __all__ = [
     "LinearChain",

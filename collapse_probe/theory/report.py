@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from collapse_probe.result import json_safe
+from collapse_probe.results.spectrum import json_safe
 from collapse_probe.theory.depth import DepthConfig, DepthResult, simulate_depth
 from collapse_probe.theory.figures import (
     plot_alignment,

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from collapse_probe.devices import resolve_device
+from collapse_probe._utils.devices import resolve_device
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.result import Spectrum
+from collapse_probe.results.spectrum import Spectrum
 from collapse_probe.theory.linear import LinearChain, gaussian_inputs
 
 __all__ = ["SimulationConfig", "check", "embedding_spectrum", "setup", "svdvals"]

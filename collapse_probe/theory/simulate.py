@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from collapse_probe.result import Spectrum
+from collapse_probe.results.spectrum import Spectrum
 from collapse_probe.theory.defaults import STRONG_AUG_STEPS, TWO_LAYER_STEPS
 from collapse_probe.theory.linear import LinearChain, decaying_init, train_contrastive
 from collapse_probe.theory.quantities import (

@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-from collapse_probe.checkpoints import load_encoder_with_report
 from collapse_probe.data.images import open_images
+from collapse_probe.models.loading import load_encoder_with_report
 from collapse_probe.testing import assert_no_collapse
 
 DATA = os.environ.get("COLLAPSE_DATA", "builtin:digits")

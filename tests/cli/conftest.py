@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from collapse_probe.threads import single_threaded
+from collapse_probe._utils.threads import single_threaded
 
 
 @pytest.fixture(autouse=True)

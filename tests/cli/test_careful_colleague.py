@@ -16,7 +16,7 @@ import torch
 from collapse_probe_cli.errors import run_cli
 from PIL import Image
 
-from collapse_probe.checkpoints import PartialLoadWarning
+from collapse_probe.models.loading import PartialLoadWarning
 
 TINY_MODELS = '''
 import torch

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from collapse_probe.reports import ProbeResult, load_spectra, write_outputs
-from collapse_probe.result import Spectrum
+from collapse_probe.pipeline.outputs import ProbeResult, load_spectra, write_outputs
+from collapse_probe.results.spectrum import Spectrum
 
 
 def _saved(tmp_path, name, z):
@@ -95,7 +95,7 @@ def test_check_on_checkpoint_and_data(tmp_path, checkpoints, image_folder, invok
 
 def test_compare_probes_checkpoints_in_one_pass(tmp_path, checkpoints, image_folder, invoke, image_args,
                                                 monkeypatch, healthy_and_collapsed):
-    import collapse_probe.pipeline as pipeline
+    import collapse_probe.pipeline.checkpoints as pipeline
 
     calls = []
     real = pipeline.spectrum
@@ -195,7 +195,7 @@ def _error_line(stderr: str) -> str:
 @pytest.mark.parametrize("option", REPORT_OPTIONS)
 def test_a_report_path_that_cannot_be_written_fails_before_the_model_is_loaded(tmp_path, invoke, monkeypatch,
                                                                                image_folder, option):
-    import collapse_probe.pipeline as pipeline
+    import collapse_probe.pipeline.checkpoints as pipeline
 
     monkeypatch.setattr(pipeline, "load_or_probe", lambda *a, **k: pytest.fail("the model was loaded"))
     (tmp_path / "a_file").write_text("not a folder")
@@ -297,7 +297,7 @@ def test_a_report_that_cannot_be_written_is_removed_and_the_verdict_still_printe
                                                                                 invoke, monkeypatch):
     import errno
 
-    import collapse_probe.check_reports as check_reports
+    import collapse_probe.checks.reports as check_reports
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -6,8 +6,8 @@ import torch
 from collapse_probe_cli.errors import run_cli
 from collapse_probe_cli.main import cli
 
-from collapse_probe.reports import ProbeResult, write_outputs
-from collapse_probe.result import Spectrum
+from collapse_probe.pipeline.outputs import ProbeResult, write_outputs
+from collapse_probe.results.spectrum import Spectrum
 
 
 def _spectrum_file(tmp_path, n: int, d: int, name: str = "run") -> str:

@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from collapse_probe.grouped import GroupedAccumulator
-from collapse_probe.reports import ProbeResult, write_outputs
+from collapse_probe.metrics.grouped import GroupedAccumulator
+from collapse_probe.pipeline.outputs import ProbeResult, write_outputs
 
 
 def _saved_grouped(tmp_path, name, z, groups=8):

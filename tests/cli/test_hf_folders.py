@@ -216,7 +216,7 @@ def test_compare_folders_without_processors_in_one_pass_equals_spectrum_of_each(
                                                                                  monkeypatch):
     """Folders without an image processor share one pass (ModelBundle hooks each model's output);
     --image-size applies to both, and each spectrum equals that folder's `spectrum` alone."""
-    import collapse_probe.pipeline as pipeline
+    import collapse_probe.pipeline.checkpoints as pipeline
 
     sources = [_dino_folder(tmp_path / "dino", processor=False), _vit_folder(tmp_path / "vit", processor=False)]
     common = ["--data", image_folder, "--image-size", "16", "--resize", "20", *QUIET]

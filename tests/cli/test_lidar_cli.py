@@ -8,8 +8,8 @@ import json
 import pytest
 
 from collapse_probe import lidar
-from collapse_probe.checkpoints import load_encoder
 from collapse_probe.data.views import open_views
+from collapse_probe.models.loading import load_encoder
 from collapse_probe.ssl import preset_config, train
 
 #: 60 held-out digits, 4 views each, at the checkpoint's 16-pixel crop size.

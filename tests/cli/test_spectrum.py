@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from collapse_probe import spectrum
-from collapse_probe.checkpoints import load_encoder
 from collapse_probe.data.images import open_images
-from collapse_probe.reports import load_spectra
+from collapse_probe.models.loading import load_encoder
+from collapse_probe.pipeline.outputs import load_spectra
 
 
 def _library_fc_spectrum(checkpoint, folder):

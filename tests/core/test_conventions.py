@@ -12,7 +12,7 @@ import torch
 
 from collapse_probe import CovarianceAccumulator, Spectrum
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.functional import power_law_fit
+from collapse_probe.functional.metrics import power_law_fit
 
 
 def power_law_embeddings(n=600, d=128, alpha=1.2, mean=0.3, seed=0) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import collapse_probe
-from collapse_probe.devices import resolve_device
+from collapse_probe._utils.devices import resolve_device
+from collapse_probe._utils.ranks import is_distributed, is_main_process, rank, world_size
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.ranks import is_distributed, is_main_process, rank, world_size
 
 
 def test_resolve_device_rules():

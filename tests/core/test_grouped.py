@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from collapse_probe import CovarianceAccumulator, Spectrum, spectrum
-from collapse_probe.checks import run_checks
+from collapse_probe.checks.verdicts import run_checks
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
-from collapse_probe.grouped import GroupedAccumulator
-from collapse_probe.reports import format_table
+from collapse_probe.metrics.grouped import GroupedAccumulator
+from collapse_probe.pipeline.outputs import format_table
 
 D = 12
 SCALES = torch.arange(1, D + 1, dtype=torch.float64) ** -0.75  # eigenvalues i^-1.5: a known spectrum

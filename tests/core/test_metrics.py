@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from collapse_probe import Spectrum
-from collapse_probe import functional as cpf
+from collapse_probe.functional import metrics as cpf
 
 
 def spectrum_of(eigenvalues, n_samples=10_000, input_dtype="float32") -> Spectrum:

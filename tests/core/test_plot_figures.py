@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from collapse_probe.monitor import plot_spectrum_history
-from collapse_probe.plot import plot_layers, plot_spectra
-from collapse_probe.result import Spectrum
+from collapse_probe.integrations.monitor import plot_spectrum_history
+from collapse_probe.results.plot import plot_layers, plot_spectra
+from collapse_probe.results.spectrum import Spectrum
 
 
 def _spectrum(values) -> Spectrum:

@@ -71,7 +71,7 @@ def test_spectrum_cli_on_gpu_decoded_images(tmp_path):
     from collapse_probe_cli.errors import run_cli
     from collapse_probe_cli.main import cli
 
-    from collapse_probe.reports import load_spectra
+    from collapse_probe.pipeline.outputs import load_spectra
 
     _write_folder(tmp_path / "images")
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from collapse_probe import CovarianceAccumulator, spectrum
-from collapse_probe.solve import solve_spectra
+from collapse_probe.metrics.solve import solve_spectra
 
 pytestmark = pytest.mark.cuda
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from collapse_probe import spectrum
-from collapse_probe.ranks import is_distributed
+from collapse_probe._utils.ranks import is_distributed
 from collapse_probe.ssl import preset_config, train
 
 pytestmark = pytest.mark.cuda

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from collapse_probe.integrations.loggers import log_eigenvalues, scalar_metrics
-from collapse_probe.monitor import SpectrumMonitor
+from collapse_probe.integrations.monitor import SpectrumMonitor
 
 
 def numpy_effective_rank(z: np.ndarray) -> float:

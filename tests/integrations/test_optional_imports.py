@@ -8,7 +8,7 @@ import sys
 
 def test_core_imports_no_trainer_or_tracker():
     code = (
-        "import sys, collapse_probe, collapse_probe.monitor, collapse_probe.integrations, "
+        "import sys, collapse_probe, collapse_probe.integrations.monitor, collapse_probe.integrations, "
         "collapse_probe.integrations.loggers, collapse_probe.integrations.shard\n"
         "collapse_probe.spectrum\n"
         "heavy = ('lightning', 'pytorch_lightning', 'transformers', 'wandb', 'mlflow', 'tensorboard', 'accelerate')\n"

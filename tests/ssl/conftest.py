@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collapse_probe.threads import single_threaded
+from collapse_probe._utils.threads import single_threaded
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from collapse_probe.global_state import restored_global_state
+from collapse_probe._utils.global_state import restored_global_state
 from collapse_probe.ssl import preset_config, train
 
 

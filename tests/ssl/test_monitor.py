@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from collapse_probe.monitor import SpectrumMonitor
+from collapse_probe.integrations.monitor import SpectrumMonitor
 
 
 def _numpy_effective_rank(z: np.ndarray) -> float:

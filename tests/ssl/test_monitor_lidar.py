@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import collapse_probe
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.monitor import SpectrumMonitor
+from collapse_probe.integrations.monitor import SpectrumMonitor
 from collapse_probe.ssl import preset_config, train
 from collapse_probe.ssl.config import TrainConfig, validate
 from collapse_probe.ssl.loop import default_callbacks, lidar_loader

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from collapse_probe._utils.ranks import is_main_process
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.ranks import is_main_process
 
 DEFAULT_LAYERS = {"representation": "backbone", "embedding": "embedding"}
 

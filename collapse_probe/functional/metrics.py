@@ -1,7 +1,7 @@
 """Pure maths on tensors: moments, eigen-solves and every collapse metric.
 
-Nothing here holds state; :class:`~collapse_probe.accumulator.CovarianceAccumulator` and
-:class:`~collapse_probe.result.Spectrum` call these same functions, so the batch and the
+Nothing here holds state; :class:`~collapse_probe.metrics.covariance.CovarianceAccumulator` and
+:class:`~collapse_probe.results.spectrum.Spectrum` call these same functions, so the batch and the
 streaming paths share every formula (the torchmetrics pattern).
 
 Conventions used throughout:

@@ -2,7 +2,7 @@
 
 Most layouts only add a prefix (MoCo's ``module.encoder_q.``, MoCo v3's ``module.base_encoder.``,
 BYOL's ``online_encoder.net.``, SimSiam's ``module.encoder.``, mmselfsup's ``backbone.``, VISSL's
-``trunk._feature_blocks.``), which :func:`collapse_probe.checkpoints.rank_prefixes` strips. Two
+``trunk._feature_blocks.``), which :func:`collapse_probe.models.loading.rank_prefixes` strips. Two
 need more:
 
 * lightly builds its backbone as ``nn.Sequential(*list(resnet.children())[:-1])``, so the

@@ -1,5 +1,5 @@
 """Collapse checks for CI: bounds on metrics, comparison with a baseline (the JSON and JUnit
-reports, re-exported here, live in :mod:`collapse_probe.check_reports`).
+reports, re-exported here, live in :mod:`collapse_probe.checks.reports`).
 
 Each check is one metric of one layer against one bound:
 
@@ -37,9 +37,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from collapse_probe.check_reports import write_junit_xml, write_report_json
+from collapse_probe.checks.reports import write_junit_xml, write_report_json
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.result import Spectrum
+from collapse_probe.results.spectrum import Spectrum
 
 __all__ = ["CannotJudgeError", "CheckResult", "run_checks", "validate_bounds", "write_junit_xml", "write_report_json"]
 
@@ -167,7 +167,7 @@ def run_checks(
     >>> run_checks({"fc": few}, min_effective_rank=7)
     Traceback (most recent call last):
     ...
-    collapse_probe.checks.CannotJudgeError: cannot judge min-effective-rank [fc]: effective_rank = ... from 6 samples, which show at most 5 of its 8 dimensions; need at least 9 samples, got 6
+    collapse_probe.checks.verdicts.CannotJudgeError: cannot judge min-effective-rank [fc]: effective_rank = ... from 6 samples, which show at most 5 of its 8 dimensions; need at least 9 samples, got 6
     """
     validate_bounds(min_effective_rank=min_effective_rank, min_rankme=min_rankme,
                     max_collapsed_fraction=max_collapsed_fraction, has_baseline=baseline is not None,

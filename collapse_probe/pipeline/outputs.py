@@ -6,7 +6,7 @@ Files written by :func:`write_outputs` (``collapse-probe spectrum --out DIR``):
   "roles": {name: role}, "source": {...}}``; :func:`load_spectra` reads it back, and also a single
   :meth:`Spectrum.save` file;
 * ``spectrum.csv``: :func:`collapse_probe.to_frame`, one row per layer;
-* ``spectrum.png``: :func:`collapse_probe.plot.plot_layers`, one panel per layer, titled with its role.
+* ``spectrum.png``: :func:`collapse_probe.results.plot.plot_layers`, one panel per layer, titled with its role.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from collapse_probe.checkpoints import LoadReport
 from collapse_probe.data.images import describe_error
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.plot import plot_layers, plot_spectra
-from collapse_probe.result import FORMAT as SPECTRUM_FORMAT
-from collapse_probe.result import Spectrum, json_safe, read_json_file, to_frame
+from collapse_probe.models.loading import LoadReport
+from collapse_probe.results.plot import plot_layers, plot_spectra
+from collapse_probe.results.spectrum import FORMAT as SPECTRUM_FORMAT
+from collapse_probe.results.spectrum import Spectrum, json_safe, read_json_file, to_frame
 
 SPECTRA_FORMAT = "collapse-probe/spectra-v1"
 OUTPUT_NAME = "output"

@@ -193,7 +193,7 @@ def describe_processor(processor: Any) -> str:
 
 def load_hf_folder(path: str | os.PathLike, *, trust_checkpoint: bool = False,
                    allow_partial: bool = False) -> dict[str, Any]:
-    """Load a ``save_pretrained`` folder: the :class:`~collapse_probe.checkpoints.LoadedEncoder`
+    """Load a ``save_pretrained`` folder: the :class:`~collapse_probe.models.loading.LoadedEncoder`
     fields ``model``, ``report`` (keyword arguments of ``LoadReport``), ``image_size``,
     ``image_processor`` and ``tokenizer`` (None when the folder has none).
 

@@ -6,7 +6,7 @@ values, and the symmetric solver is an order of magnitude cheaper (PAPER.md; doc
 On a GPU, matrices of equal ``(d, dtype)`` are stacked and solved in one call (batched solves
 pay there). On a CPU a batched solve is no faster than a loop (measured: 0.97-1.03x,
 docs/benchmarks.md) while stacking k matrices costs k extra copies, so each is solved in turn
-and at most three d x d matrices are alive at once (``collapse_probe.moments``).
+and at most three d x d matrices are alive at once (``collapse_probe.functional.moments``).
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 
+from collapse_probe._utils.threads import single_threaded
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.moments import (
+from collapse_probe.functional.moments import (
     Moments,
     check_moments,
     gram_lower,
     lower_eigenvalues,
     solve_moments,
 )
-from collapse_probe.result import Spectrum
-from collapse_probe.threads import single_threaded
+from collapse_probe.results.spectrum import Spectrum
 
 SINGLE_THREAD_MAX_DIM = 4096
 """CPU solves up to this d run on one thread (docs/benchmarks.md, "Eigen-solves"). Measured on a
@@ -106,7 +106,7 @@ def solve_spectra(items: Sequence[Any]) -> list[Spectrum | torch.Tensor]:
     """Solve the spectra of many accumulators / :class:`Moments` and/or (d, d) symmetric matrices.
 
     Args:
-        items: :class:`~collapse_probe.moments.Moments`, anything with a ``finalize()`` that
+        items: :class:`~collapse_probe.functional.moments.Moments`, anything with a ``finalize()`` that
             returns them (a ``CovarianceAccumulator``), each becoming a :class:`Spectrum`; or
             symmetric (d, d) tensors, each becoming a (d,) tensor of eigenvalues (descending,
             negatives clamped to 0; the lower triangle is read).

@@ -10,7 +10,7 @@ classification models between them:
    depend on key prefixes (``module.``, ``backbone.``, ...), so no prefix has to be guessed here.
 2. **Check, on the meta device.** Each candidate is built on the ``meta`` device (no memory, no
    download, no weights: parameter initialisation is skipped), its classifier stripped, and the
-   file is fitted to it with the same rules as loading (:func:`collapse_probe.checkpoints.fit_weights`:
+   file is fitted to it with the same rules as loading (:func:`collapse_probe.models.loading.fit_weights`:
    best prefix, no shape-mismatched key, no unexpected backbone key, no missing tensor).
 
 Exactly one fitting model is a detection. When several fit and exactly one of them is torchvision's
@@ -19,7 +19,7 @@ anti-aliasing holds no weights), torchvision's is used -- SSL checkpoints use it
 others are named in the report. Anything else -- several fitting models, or none -- is reported
 with the closest candidates and what differs.
 
-The index is regenerated for newer library versions with ``python -m collapse_probe.arch_detect
+The index is regenerated for newer library versions with ``python -m collapse_probe.models._detect
 OUT.json.gz``; models missing from it are not candidates (the error says so).
 """
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from collapse_probe.encoders import find_classifier
+from collapse_probe.models._registry import find_classifier
 
 INDEX_PATH = Path(__file__).with_name("arch_index.json.gz")
 #: Candidates built in stage 2 when no model passes the prefilter: the closest by shape overlap.
@@ -209,8 +209,9 @@ class Detection:
 
 def check_candidate(library: str, name: str, state_dict: Mapping[str, torch.Tensor]) -> Candidate | None:
     """Build ``library/name`` on the meta device and fit ``state_dict`` to it (None: cannot be built)."""
-    from collapse_probe.checkpoints import LoadReport, fit_weights
-    from collapse_probe.keymaps import remap_sequential_children
+    from collapse_probe.models._fit import fit_weights
+    from collapse_probe.models._keymaps import remap_sequential_children
+    from collapse_probe.models._report import LoadReport
 
     try:
         model = meta_model(library, name)
@@ -271,7 +272,7 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Detection:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m collapse_probe.arch_detect OUT.json.gz``: write the shape index for the installed libraries."""
+    """``python -m collapse_probe.models._detect OUT.json.gz``: write the shape index for the installed libraries."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv

@@ -6,8 +6,8 @@ that file, so the job's summary page shows each bound, the measured value, pass/
 count and how the checkpoint was loaded.
 
 >>> import torch
->>> from collapse_probe.checks import run_checks
->>> from collapse_probe.result import Spectrum
+>>> from collapse_probe.checks.verdicts import run_checks
+>>> from collapse_probe.results.spectrum import Spectrum
 >>> spectra = {"fc": Spectrum.from_embeddings(torch.randn(500, 4, dtype=torch.float64))}
 >>> print(summary_markdown(run_checks(spectra, min_effective_rank=2.0), spectra, source="ckpt.pt"))  # doctest: +ELLIPSIS
 ### collapse-probe check: PASS (1/1 checks passed)
@@ -27,11 +27,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from collapse_probe.check_reports import verdict as run_verdict
+from collapse_probe.checks.reports import verdict as run_verdict
 
 if TYPE_CHECKING:
-    from collapse_probe.checks import CheckResult
-    from collapse_probe.result import Spectrum
+    from collapse_probe.checks.verdicts import CheckResult
+    from collapse_probe.results.spectrum import Spectrum
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -59,7 +59,7 @@ def summary_markdown(
             no check could be judged.
         source: the checkpoint or spectrum file checked.
         load_report: :meth:`LoadReport.summary` of the checkpoint, shown in a collapsed block.
-        refused: why the bounds cannot be judged (:class:`~collapse_probe.checks.CannotJudgeError`);
+        refused: why the bounds cannot be judged (:class:`~collapse_probe.checks.verdicts.CannotJudgeError`);
             the verdict is then CANNOT JUDGE.
         failure: a finding that fails the run before any bound is checked (non-finite output).
         error: why the run stopped (bad input, a bug, an interrupt); the verdict is then ERROR.

@@ -11,7 +11,7 @@ means ``mu_i = mean_j z_ij`` and grand mean ``mu = mean_i mu_i`` (stable-pretrai
   ``p = (lambda + eps) / sum(lambda + eps)``, ``LiDAR = exp(-sum p log p)``.
 
 Streaming: ``Sb`` is the covariance (ddof 1) of the per-sample view means, one row per class,
-so a :class:`~collapse_probe.accumulator.CovarianceAccumulator` over those rows gives it (Chan
+so a :class:`~collapse_probe.metrics.covariance.CovarianceAccumulator` over those rows gives it (Chan
 merge, C = rows). The within-class scatter is the raw second moment of the rows ``z_ij - mu_i``
 (each class is complete within one batch row, so every such row is exact when it is formed), so
 a second, uncentred accumulator over them gives it. The two accumulators are the whole state
@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from collapse_probe.accumulator import CovarianceAccumulator
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.functional import _entropy_rank
-from collapse_probe.moments import check_moments, gram_lower
+from collapse_probe.functional.metrics import _entropy_rank
+from collapse_probe.functional.moments import check_moments, gram_lower
+from collapse_probe.metrics.covariance import CovarianceAccumulator
 
 LIDAR_DELTA = 1e-4
 """stable-pretraining's default ridge on ``Sw``."""
@@ -77,7 +77,7 @@ def lidar_score(eigenvalues: torch.Tensor, *, eps: float = LIDAR_EPS) -> float:
 
 
 def scatter_matrices(between: Any, within: Any, views: int, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Sb, Sw)`` from the :class:`~collapse_probe.moments.Moments` of the view means (between)
+    """``(Sb, Sw)`` from the :class:`~collapse_probe.functional.moments.Moments` of the view means (between)
     and of the within-class deviations (within), in the conventions of the module docstring."""
     n_classes = between.count
     sb = _symmetric(between.m2) / (n_classes - 1)
@@ -174,7 +174,7 @@ class LidarAccumulator:
         device: where the float64 statistics live (put it on the model's device).
         layer: a name carried into the result.
 
-    Lifecycle as :class:`~collapse_probe.accumulator.CovarianceAccumulator`: ``update`` any
+    Lifecycle as :class:`~collapse_probe.metrics.covariance.CovarianceAccumulator`: ``update`` any
     number of times, ``merge`` other local accumulators, then ``compute`` (single process) or
     ``sync`` then ``compute`` (torch.distributed). The result does not depend on batch size,
     order, or how samples are split across processes. Healthy embeddings, whose class means

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from collapse_probe import functional as cpf
+from collapse_probe._utils.ranks import is_distributed
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
-from collapse_probe.moments import Moments
-from collapse_probe.ranks import is_distributed
-from collapse_probe.solve import solve_spectra
+from collapse_probe.functional import metrics as cpf
+from collapse_probe.functional.moments import Moments
+from collapse_probe.metrics.solve import solve_spectra
 
 NO_BAD_BATCH = torch.iinfo(torch.int64).max
 STATE_FORMAT = "collapse-probe/accumulator-v3"
@@ -542,5 +542,5 @@ class CovarianceAccumulator:
         )
 
     def compute(self):
-        """Solve the eigenproblem and return an immutable :class:`~collapse_probe.result.Spectrum`."""
+        """Solve the eigenproblem and return an immutable :class:`~collapse_probe.results.spectrum.Spectrum`."""
         return solve_spectra([self.finalize()])[0]

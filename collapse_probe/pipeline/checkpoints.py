@@ -1,6 +1,6 @@
 """Checkpoints + images -> spectra: what ``spectrum``, ``compare``, ``check`` and ``layers`` run.
 
-:func:`probe_checkpoints` loads each checkpoint (:mod:`collapse_probe.checkpoints`), opens the
+:func:`probe_checkpoints` loads each checkpoint (:mod:`collapse_probe.models.loading`), opens the
 images once (:mod:`collapse_probe.data.images`) and streams them through every model in one pass
 of :func:`collapse_probe.spectrum`, which solves all spectra in one batched call.
 """
@@ -16,12 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from collapse_probe.checkpoints import LoadedEncoder, LoadReport, load_encoder_with_report
+from collapse_probe._utils.devices import parse_device
 from collapse_probe.data.images import default_resize, eval_transform, open_images
 from collapse_probe.data.text import is_text_data, model_max_length, open_texts
-from collapse_probe.devices import parse_device
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.hf_folder import (
+from collapse_probe.models.hf import (
     PROCESSOR_CONFIG,
     PROCESSOR_NOTE,
     ProcessorTransform,
@@ -29,9 +28,10 @@ from collapse_probe.hf_folder import (
     processor_pixel_stats,
     processor_size,
 )
-from collapse_probe.probe import spectrum
-from collapse_probe.reports import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
-from collapse_probe.result import Spectrum
+from collapse_probe.models.loading import LoadedEncoder, LoadReport, load_encoder_with_report
+from collapse_probe.pipeline.outputs import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
+from collapse_probe.probe.stream import spectrum
+from collapse_probe.results.spectrum import Spectrum
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -285,7 +285,7 @@ def layer_table(model: nn.Module, *, image_size: int = 224, device: str | None =
     >>> rows
     [('<output>', 'Sequential', '(2, 5)'), ('0', 'Flatten', '(2, 48)'), ('1', 'Linear', '(2, 5)')]
     """
-    from collapse_probe.capture import capture_outputs, eval_mode
+    from collapse_probe.probe.capture import capture_outputs, eval_mode
 
     shapes: dict[str, str] = {}
 

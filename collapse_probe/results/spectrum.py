@@ -14,9 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from collapse_probe import functional as cpf
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.moments import Moments, check_moments, embedding_moments, solve_moments
+from collapse_probe.functional import metrics as cpf
+from collapse_probe.functional.moments import (
+    Moments,
+    check_moments,
+    embedding_moments,
+    solve_moments,
+)
 
 FORMAT = "collapse-probe/spectrum-v1"
 
@@ -46,7 +51,7 @@ class Spectrum:
             rows ``z / ||z||``, tracked whatever ``normalize`` says; ``None`` in files written
             before it existed.
         stderr: metric name -> delete-a-group jackknife standard error (``spectrum(..., groups=K)``,
-            :class:`~collapse_probe.grouped.GroupedAccumulator`); empty without groups.
+            :class:`~collapse_probe.metrics.grouped.GroupedAccumulator`); empty without groups.
 
     >>> z = torch.randn(1000, 8, dtype=torch.float64) @ torch.diag(torch.tensor([1.0] * 4 + [0.0] * 4, dtype=torch.float64))
     >>> s = Spectrum.from_embeddings(z)
@@ -365,7 +370,7 @@ class Spectrum:
         extra: Mapping[str, Any] | None = None,
         stderr: Mapping[str, float] | None = None,
     ) -> Spectrum:
-        """The spectrum of finalised :class:`~collapse_probe.moments.Moments`.
+        """The spectrum of finalised :class:`~collapse_probe.functional.moments.Moments`.
 
         ``eigenvalues`` / ``uncentered_singular_values`` are taken as solved when given (the
         batched ``solve_spectra`` path); otherwise the moments are checked and solved here.
@@ -408,7 +413,7 @@ class Spectrum:
         """The spectrum of an in-memory (N, d) array: float64 two-pass moments per chunk, Chan-merged.
 
         Same conventions and result as streaming the rows through a ``CovarianceAccumulator``,
-        by an independent code path (``collapse_probe.moments.embedding_moments``).
+        by an independent code path (``collapse_probe.functional.moments.embedding_moments``).
         """
         z = torch.as_tensor(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
         moments = embedding_moments(z, center=center, normalize=normalize, ddof=ddof, layer=layer,
@@ -417,7 +422,7 @@ class Spectrum:
 
     def plot(self, ax: Any = None, label: str | None = None) -> Any:
         """Sorted log eigenvalues against index, as in the paper; returns the matplotlib Axes."""
-        from collapse_probe.plot import plot_spectra
+        from collapse_probe.results.plot import plot_spectra
 
         return plot_spectra({label or self.layer or "output": self}, ax=ax)
 

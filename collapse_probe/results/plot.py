@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from collapse_probe.result import Spectrum
+    from collapse_probe.results.spectrum import Spectrum
 
 
 FLOOR = 1e-15
@@ -131,7 +131,7 @@ def plot_layers(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None
     """One panel per layer, titled with the layer and its role (``spectrum.png``); returns the Figure.
 
     >>> import torch
-    >>> from collapse_probe.result import Spectrum
+    >>> from collapse_probe.results.spectrum import Spectrum
     >>> z = torch.randn(300, 6, dtype=torch.float64)
     >>> figure = plot_layers({"fc": Spectrum.from_embeddings(z)}, {"fc": "representation"})
     >>> [ax.get_title() for ax in figure.axes]

@@ -1,15 +1,15 @@
 """The verdict of a check run as files for CI: a JSON report and a JUnit XML report.
 
 Every run writes the reports it was asked for, whatever its outcome, so that a CI job never
-reads a stale report from an earlier run. Besides the checks of :func:`~collapse_probe.checks.run_checks`
+reads a stale report from an earlier run. Besides the checks of :func:`~collapse_probe.checks.verdicts.run_checks`
 the writers take the three ways a run can end without a bound-by-bound verdict, the same three
-:func:`~collapse_probe.check_summary.summary_markdown` takes:
+:func:`~collapse_probe.checks.summary.summary_markdown` takes:
 
 * ``failure="CHECK: why"``: a finding that fails the run before any bound is checked (the model's
   output holds NaN/Inf: ``"finite-output: non-finite embeddings ..."``). Verdict ``"fail"``;
   counted as one more failed check (a JUnit ``<failure>``).
 * ``refused="cannot judge ..."``: too few samples to judge a bound
-  (:class:`~collapse_probe.checks.CannotJudgeError`). Verdict ``"cannot judge"``; a JUnit ``<error>``.
+  (:class:`~collapse_probe.checks.verdicts.CannotJudgeError`). Verdict ``"cannot judge"``; a JUnit ``<error>``.
 * ``error="..."``: the run stopped on bad input or a bug. Verdict ``"error"``; a JUnit ``<error>``.
 
 Only ``"pass"`` has ``"passed": true``; a JUnit report passes only when it has neither failures
@@ -28,10 +28,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from collapse_probe.result import json_safe
+from collapse_probe.results.spectrum import json_safe
 
 if TYPE_CHECKING:
-    from collapse_probe.checks import CheckResult
+    from collapse_probe.checks.verdicts import CheckResult
 
 #: Every value of the JSON report's ``"verdict"``, with the exit code of ``collapse-probe check``.
 VERDICTS = {"pass": 0, "fail": 1, "cannot judge": 2, "error": 2}

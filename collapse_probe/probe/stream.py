@@ -11,9 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from collapse_probe.accumulator import CovarianceAccumulator
-from collapse_probe.batches import ForwardKeywords, batch_mask, call_arguments, to_device
-from collapse_probe.capture import (
+from collapse_probe._utils.devices import resolve_device
+from collapse_probe._utils.ranks import is_distributed as _is_distributed
+from collapse_probe._utils.ranks import is_main_process as _is_main_process
+from collapse_probe.errors import CollapseProbeError
+from collapse_probe.metrics.covariance import CovarianceAccumulator
+from collapse_probe.metrics.grouped import GroupedAccumulator
+from collapse_probe.metrics.solve import solve_spectra
+from collapse_probe.probe.batches import ForwardKeywords, batch_mask, call_arguments, to_device
+from collapse_probe.probe.capture import (
     capture_outputs,
     eval_mode,
     from_transformers,
@@ -21,13 +27,7 @@ from collapse_probe.capture import (
     pool_output,
     resolve_modules,
 )
-from collapse_probe.devices import resolve_device
-from collapse_probe.errors import CollapseProbeError
-from collapse_probe.grouped import GroupedAccumulator
-from collapse_probe.ranks import is_distributed as _is_distributed
-from collapse_probe.ranks import is_main_process as _is_main_process
-from collapse_probe.result import Spectrum
-from collapse_probe.solve import solve_spectra
+from collapse_probe.results.spectrum import Spectrum
 
 PRECISIONS = {None: None, "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
               "fp16": torch.float16, "float16": torch.float16}

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from collapse_probe import functional as cpf
-from collapse_probe.accumulator import CovarianceAccumulator
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
-from collapse_probe.moments import Moments
-from collapse_probe.result import Spectrum
-from collapse_probe.solve import solve_spectra
+from collapse_probe.functional import metrics as cpf
+from collapse_probe.functional.moments import Moments
+from collapse_probe.metrics.covariance import CovarianceAccumulator
+from collapse_probe.metrics.solve import solve_spectra
+from collapse_probe.results.spectrum import Spectrum
 
 GROUPED_FORMAT = "collapse-probe/grouped-accumulator-v1"
 #: The metrics given a standard error (the scalar, real-valued ones of ``Spectrum.metrics()``).
@@ -39,7 +39,7 @@ _PRECISION = ("float64", "float32", "bfloat16", "float16")
 def pool_moments(parts: list[Moments]) -> Moments:
     """The :class:`Moments` of the union of disjoint sets of rows, by the parallel (Chan) merge, in order.
 
-    >>> from collapse_probe.moments import embedding_moments
+    >>> from collapse_probe.functional.moments import embedding_moments
     >>> z = torch.randn(10, 3, dtype=torch.float64)
     >>> pooled = pool_moments([embedding_moments(z[:4]), embedding_moments(z[4:])])
     >>> pooled.count, bool(torch.allclose(torch.tril(pooled.m2), torch.tril(embedding_moments(z).m2)))

@@ -1,7 +1,7 @@
 """Moments: finalised first and second moments of a set of embeddings, and their eigen-solve.
 
-The one hand-off between accumulating and solving: :class:`~collapse_probe.accumulator.CovarianceAccumulator`
-(streaming, on the model's device) and :meth:`~collapse_probe.result.Spectrum.from_embeddings`
+The one hand-off between accumulating and solving: :class:`~collapse_probe.metrics.covariance.CovarianceAccumulator`
+(streaming, on the model's device) and :meth:`~collapse_probe.results.spectrum.Spectrum.from_embeddings`
 (an in-memory array) both produce a :class:`Moments`; ``solve_spectra`` and
 ``Spectrum.from_moments`` turn it into eigenvalues. Only the *lower triangle* of ``m2`` is read,
 so a producer that fills only that half (the CPU block-triangular update) never has to copy it.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from collapse_probe import functional as cpf
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
+from collapse_probe.functional import metrics as cpf
 
 
 @dataclass(frozen=True)

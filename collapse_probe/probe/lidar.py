@@ -19,8 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from collapse_probe.batches import default_input
-from collapse_probe.capture import (
+from collapse_probe._utils.devices import resolve_device
+from collapse_probe._utils.ranks import is_distributed, is_main_process
+from collapse_probe.errors import CollapseProbeError
+from collapse_probe.metrics.lidar import LIDAR_DELTA, LIDAR_EPS, Lidar, LidarAccumulator
+from collapse_probe.probe.batches import default_input
+from collapse_probe.probe.capture import (
     capture_outputs,
     eval_mode,
     from_transformers,
@@ -28,11 +32,7 @@ from collapse_probe.capture import (
     pool_output,
     resolve_modules,
 )
-from collapse_probe.devices import resolve_device
-from collapse_probe.errors import CollapseProbeError
-from collapse_probe.lidar_metric import LIDAR_DELTA, LIDAR_EPS, Lidar, LidarAccumulator
-from collapse_probe.probe import OUTPUT, PRECISIONS, _check_input, _progress
-from collapse_probe.ranks import is_distributed, is_main_process
+from collapse_probe.probe.stream import OUTPUT, PRECISIONS, _check_input, _progress
 
 
 def _views_input(batch: Any, views: int, input_fn: Callable[[Any], Any] | None) -> torch.Tensor:
@@ -195,11 +195,11 @@ def lidar_checkpoint(path: str | Path, config: LidarConfig) -> LidarReport:
     Layers: ``config.layers`` if given, else the checkpoint's default layers (representation,
     and embedding when it has a projector), else its output.
     """
-    from collapse_probe.checkpoints import load_encoder_with_report
+    from collapse_probe._utils.devices import parse_device
     from collapse_probe.data.views import open_views
-    from collapse_probe.devices import parse_device
-    from collapse_probe.pipeline import DEFAULT_IMAGE_SIZE
-    from collapse_probe.reports import OUTPUT_NAME
+    from collapse_probe.models.loading import load_encoder_with_report
+    from collapse_probe.pipeline.checkpoints import DEFAULT_IMAGE_SIZE
+    from collapse_probe.pipeline.outputs import OUTPUT_NAME
 
     device = parse_device(config.device)
     loaded = load_encoder_with_report(path, config.arch, trust_checkpoint=config.trust_checkpoint,

@@ -1,0 +1,1 @@
+"""Infrastructure, out of the way of the flow: devices, process ranks, threads, lazy imports, RNG state."""
