@@ -63,6 +63,26 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def check_run_folder(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run in a folder that already holds something, unless told to.
+
+    ``out`` missing or empty: fine. Not empty: fine with ``resume`` (continue the run there) or
+    ``overwrite`` (a fresh run replaces the trainer's files); otherwise a one-line
+    :class:`CollapseProbeError` naming what is there, before anything is read or written.
+    """
+    if resume and overwrite:
+        raise CollapseProbeError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    folder = os.fspath(out)
+    if resume or overwrite or not os.path.isdir(folder):
+        return
+    entries = sorted(os.listdir(folder))
+    if entries:
+        shown = ", ".join(entries[:4]) + (f", ... ({len(entries)} entries)" if len(entries) > 4 else "")
+        raise CollapseProbeError(
+            f"--out {folder} is not empty ({shown}): continue that run with --resume, replace it with "
+            "--overwrite, or give another --out")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a trainer checkpoint safely (``weights_only=True``) on the CPU and check its format."""
     path = os.fspath(path)

@@ -74,7 +74,8 @@ class TrainConfig:
         "(default: one pass per view, as the DirectCLR code; docs/reproduction.md has the measured difference).")
     max_steps_per_epoch: int | None = _opt(None, "Cut each epoch after this many steps (quick checks, benchmarks).")
     # run
-    out: str = _opt("runs/train", "Output folder: checkpoint.pt, metrics.jsonl, spectra plot.")
+    out: str = _opt("runs/train", "Output folder: checkpoint.pt, metrics.jsonl, spectra plot; it must be empty unless "
+                    "--resume or --overwrite.")
     resume: bool = _opt(False, "Continue from OUT/checkpoint.pt.")
     seed: int = _opt(0, "Random seed (data order, augmentations, initialisation).")
     device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available).")
@@ -121,7 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         data="builtin:digits", arch="smallcnn", width=32, image_size=16, augment="tensor",
         epochs=20, batch_size=128, lr=8.0, warmup_epochs=1.0, weight_decay=1e-5,
-        projector_dim=64, workers=0, log_every=0, out="runs/demo",
+        projector_dim=64, workers=0, log_every=0,
         threads=1,  # measured: 1 torch thread trains this small CNN 3-4x faster than 2 on a shared 2-core CPU
     ),
     # The reproduction on real images (docs/reproduction.md): the demo recipe on Fashion-MNIST's
@@ -131,16 +132,34 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fashion": dict(
         data="builtin:fashion-mnist", arch="smallcnn", width=32, image_size=28, augment="tensor",
         train_subset=10000, epochs=30, batch_size=128, lr=8.0, warmup_epochs=1.0, weight_decay=1e-5,
-        projector_dim=64, workers=0, log_every=0, out="runs/fashion", monitor_samples=2000, threads=1,
+        projector_dim=64, workers=0, log_every=0, monitor_samples=2000, threads=1,
     ),
 }
 
 
+def default_out(preset: str, method: str) -> str:
+    """The output folder a run gets without ``out=``: ``runs/<preset>-<method>``.
+
+    Runs of different presets or methods thus never share a folder by default.
+
+    >>> default_out("demo", "directclr")
+    'runs/demo-directclr'
+    """
+    return f"runs/{preset}-{method}"
+
+
 def preset_config(name: str = "imagenet", **overrides: Any) -> TrainConfig:
-    """The ``name`` preset with ``overrides`` applied (None values are ignored)."""
+    """The ``name`` preset with ``overrides`` applied (None values are ignored).
+
+    ``out`` defaults to :func:`default_out` of the preset and the method.
+
+    >>> preset_config("demo", method="directclr").out
+    'runs/demo-directclr'
+    """
     if name not in PRESETS:
         raise CollapseProbeError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    values.setdefault("out", default_out(name, values.get("method", TrainConfig.method)))
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

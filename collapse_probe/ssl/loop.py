@@ -226,6 +226,8 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = [r for r in _read_rows(metrics_path) if r.get("epoch", 0) <= start_epoch] if ckpt else []
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if ckpt is None:  # a fresh run: an earlier run's checkpoint must not be resumed with this run's log
+            ckpt_path.unlink(missing_ok=True)
 
     train_net: nn.Module = net
     if dist.world_size > 1:
