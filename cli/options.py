@@ -111,7 +111,15 @@ image_size = click.option("--image-size", type=click.IntRange(min=1), default=No
 resize = click.option("--resize", type=click.IntRange(min=1), default=None,
                       help="Shorter side before the crop [default: image-size * 256/224, i.e. 256].")
 max_samples = click.option("--max-samples", type=click.IntRange(min=2), default=None,
-                           help="Probe a seeded random subset of this many images.")
+                           help="Probe a seeded random subset of this many images (or texts): the same "
+                                "subset every run, for folders and builtin: data alike.")
+pool = click.option(
+    "--pool", type=click.Choice(["avg", "max", "flatten", "cls"]), default="avg", show_default=True,
+    help="How a layer's output becomes one row per input: (B, C, H, W) maps by avg / max over H, W or "
+         "flatten; (B, T, D) tokens by avg / max over T (real tokens only, with a tokenizer's "
+         "attention mask) or cls (token 0). (B, C, L) outputs of 1-d convolutions pool L.")
+center = click.option("--center/--no-center", default=True, show_default=True,
+                      help="Subtract the mean (the paper's covariance); --no-center: the raw second moment.")
 normalize = click.option("--normalize/--no-normalize", default=False, show_default=True,
                          help="L2-normalise each embedding before the covariance (the paper's public script does).")
 repeated_calls = click.option(
@@ -134,8 +142,12 @@ quiet = click.option("--quiet", "-q", is_flag=True,
                      help="Nothing on stderr but errors: no progress, report or warnings. One warning stays: "
                           "a checkpoint loaded with --allow-partial is partly random, and says so even when quiet.")
 
-_probe_rest = _stack(layer, batch_size, workers, device, precision, image_size, resize, max_samples, normalize,
-                     repeated_calls, strict, skip_nonfinite, groups, trust_checkpoint, allow_partial)
+#: What a probe measures (ProbeOptions), the same flags on every command that probes.
+measure_options = _stack(layer, pool, center, normalize, precision, max_samples, skip_nonfinite, groups,
+                         repeated_calls, device)
+#: How the data is read (DataConfig) and a checkpoint loaded.
+_read_options = _stack(batch_size, workers, image_size, resize, strict, trust_checkpoint, allow_partial)
+_probe_rest = _stack(measure_options, _read_options)
 #: Everything needed to turn checkpoints and images into spectra.
 probe_options = _stack(data, arch, _probe_rest)
 #: The same with ``--arch`` once per checkpoint (``compare``).
@@ -143,31 +155,33 @@ probe_options_per_checkpoint = _stack(data, arch_per_checkpoint, _probe_rest)
 
 
 def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeConfig:
-    """Build the :class:`ProbeConfig` from the parsed ``probe_options`` values."""
+    """Build the :class:`ProbeConfig` (its one ``ProbeOptions``) from the parsed ``probe_options`` values."""
     from collapse_probe.pipeline.checkpoints import DataConfig, ProbeConfig
+    from collapse_probe.probe.options import ProbeOptions
 
     if not values.get("data"):
         raise CollapseProbeError("--data DIR (or builtin:NAME) is needed to probe a checkpoint")
     data_config = DataConfig(
-        data=values["data"], image_size=values["image_size"], resize=values["resize"],
+        data=values["data"], image_size=values.get("image_size"), resize=values.get("resize"),
         batch_size=values["batch_size"], workers=values["workers"], max_samples=values["max_samples"],
         strict=values["strict"],
     )
-    return ProbeConfig(
-        data=data_config, arch=values["arch"], layers=tuple(values["layers"]), device=values["device"],
-        precision=None if values["precision"] == "fp32" else values["precision"],
-        normalize=values["normalize"], trust_checkpoint=values["trust_checkpoint"],
-        allow_partial=values["allow_partial"], repeated_calls=values["repeated_calls"],
-        skip_nonfinite=values["skip_nonfinite"], groups=values["groups"], progress=not quiet_run,
+    measured = ProbeOptions(
+        layers=tuple(values["layers"]) or None, pool=values["pool"], center=values["center"],
+        normalize=values["normalize"], precision=None if values["precision"] == "fp32" else values["precision"],
+        max_samples=values["max_samples"], skip_nonfinite=values["skip_nonfinite"], groups=values["groups"],
+        repeated_calls=values["repeated_calls"], device=values["device"], progress=not quiet_run,
     )
+    return ProbeConfig(data=data_config, options=measured, arch=values["arch"],
+                       trust_checkpoint=values["trust_checkpoint"], allow_partial=values["allow_partial"])
 
 
 PROBE_KEYS = ("data", "arch", "layers", "batch_size", "workers", "device", "precision", "image_size", "resize",
-              "max_samples", "normalize", "repeated_calls", "strict", "skip_nonfinite", "groups", "trust_checkpoint",
-              "allow_partial")
+              "max_samples", "pool", "center", "normalize", "repeated_calls", "strict", "skip_nonfinite", "groups",
+              "trust_checkpoint", "allow_partial")
 
 
 def split_probe_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separate the ``probe_options`` values from a command's own ones."""
-    probe = {k: values.pop(k) for k in PROBE_KEYS}
+    probe = {k: values.pop(k) for k in PROBE_KEYS if k in values}
     return probe, values

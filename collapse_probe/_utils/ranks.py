@@ -31,3 +31,15 @@ def is_main_process() -> bool:
     True
     """
     return rank() == 0
+
+
+def local_rank() -> int | None:
+    """This process's GPU index on its machine under torchrun (``LOCAL_RANK``); None otherwise.
+
+    >>> local_rank() is None or isinstance(local_rank(), int)
+    True
+    """
+    import os
+
+    value = os.environ.get("LOCAL_RANK")
+    return int(value) if value is not None and value.isdigit() and is_distributed() else None

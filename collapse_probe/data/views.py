@@ -27,6 +27,7 @@ from collapse_probe.data.images import (
     collate_skipping,
     list_images,
 )
+from collapse_probe.data.subset import seeded_subset
 
 
 class ViewStack:
@@ -66,10 +67,15 @@ def open_views(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> SkippingLoader:
     """An image folder or ``builtin:NAME`` as batches of (B, q, 3, S, S) augmented views.
 
-    Built-in data sets use their ``val`` split and their own normalisation, as the trainer does.
+    Built-in data sets use their ``val`` split and their own normalisation, as the trainer does;
+    folders ImageNet's, unless ``mean``/``std`` are given (a Hugging Face folder's processor).
+    ``max_samples`` keeps the seeded random subset of :func:`~collapse_probe.data.subset.seeded_subset`
+    (seed 0, as ``open_images``), not the first images.
     ``world_size > 1`` keeps this process's shard: every ``world_size``-th image from ``rank`` (of
     the ``max_samples`` kept), each with the views it has unsharded (they depend on its index only).
 
@@ -79,12 +85,13 @@ def open_views(
     """
     if is_builtin(str(data)):
         info = builtin_info(str(data))
-        stack = ViewStack(view_transforms(image_size, mean=info.mean, std=info.std), views)
+        stack = ViewStack(view_transforms(image_size, mean=mean or info.mean, std=std or info.std), views)
         dataset: torch.utils.data.Dataset = _BuiltinItems(builtin_dataset(str(data), split="val", transform=stack))
-        if max_samples is not None and max_samples < len(dataset):
-            dataset = torch.utils.data.Subset(dataset, range(max_samples))
+        keep = seeded_subset(len(dataset), max_samples)
+        if keep is not None:
+            dataset = torch.utils.data.Subset(dataset, keep)
     else:
-        stack = ViewStack(view_transforms(image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD), views)
+        stack = ViewStack(view_transforms(image_size, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD), views)
         dataset = ImageFiles(list_images(data, max_samples=max_samples), stack)
     items: torch.utils.data.Dataset = SeededItems(dataset, seed)
     if world_size > 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,54 +17,37 @@ import torch
 from torch import nn
 
 from collapse_probe._utils.devices import parse_device
-from collapse_probe.data.images import default_resize, eval_transform, open_images
-from collapse_probe.data.text import is_text_data, model_max_length, open_texts
+from collapse_probe.data.text import is_text_data
 from collapse_probe.errors import CollapseProbeError
-from collapse_probe.models.hf import (
-    PROCESSOR_CONFIG,
-    PROCESSOR_NOTE,
-    ProcessorTransform,
-    describe_processor,
-    processor_pixel_stats,
-    processor_size,
+from collapse_probe.models.loading import LoadedEncoder, load_encoder_with_report
+from collapse_probe.pipeline.data import (
+    DataConfig,
+    _note_preprocessing,
+    check_image_size,
+    open_data,
 )
-from collapse_probe.models.loading import LoadedEncoder, LoadReport, load_encoder_with_report
 from collapse_probe.pipeline.outputs import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
+from collapse_probe.probe.options import ProbeOptions
 from collapse_probe.probe.stream import spectrum
 from collapse_probe.results.spectrum import Spectrum
-
-DEFAULT_IMAGE_SIZE = 224
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How images become batches (see :func:`collapse_probe.data.images.open_images`)."""
-
-    data: str
-    image_size: int | None = None  # None: the checkpoint's training crop size, else 224
-    resize: int | None = None
-    batch_size: int = 64
-    workers: int = 0
-    max_samples: int | None = None
-    strict: bool = False
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Everything ``collapse-probe spectrum`` needs besides the checkpoint path."""
+    """Everything ``spectrum``, ``compare``, ``check``, ``lidar`` and ``eval`` need besides the
+    checkpoint paths: where the data is, how a file becomes a model, and the one
+    :class:`~collapse_probe.probe.options.ProbeOptions` of what is measured (``options.layers``
+    names layers by the checkpoint's roles or module names; empty: the checkpoint's defaults)."""
 
     data: DataConfig
+    options: ProbeOptions = field(default_factory=ProbeOptions)
     arch: str | None = None
-    layers: tuple[str, ...] = ()
-    device: str = "auto"
-    precision: str | None = None
-    normalize: bool = False
     trust_checkpoint: bool = False
     allow_partial: bool = False
-    repeated_calls: str = "error"  # or "first" / "last": see spectrum(repeated_calls=...)
-    skip_nonfinite: bool = False  # drop (and count) NaN/Inf rows instead of refusing the model
-    groups: int | None = None  # K groups for jackknife standard errors: see spectrum(groups=...)
-    progress: bool = True
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(self.options.module_names())
 
 
 class ModelBundle(nn.Module):
@@ -84,35 +67,10 @@ class ModelBundle(nn.Module):
             self.outputs[key](model(x))
 
 
-def _layer_plan(loaded_layers: Mapping[str, str], requested: Sequence[str]) -> dict[str, str]:
+def layer_plan(loaded_layers: Mapping[str, str], requested: Sequence[str]) -> dict[str, str]:
     if requested:
         return {name: loaded_layers.get(name, "") for name in requested}
     return dict(loaded_layers)
-
-
-def required_image_size(model: nn.Module) -> int | None:
-    """The one input size a model accepts, when it has one: torchvision's ``VisionTransformer``
-    (``image_size``) or a timm patch embedding with a fixed ``img_size``; else None.
-
-    >>> import torchvision
-    >>> required_image_size(torchvision.models.VisionTransformer(32, 16, 1, 2, 8, 8)), required_image_size(nn.Linear(2, 2))
-    (32, None)
-    """
-    for module in model.modules():
-        size = getattr(module, "image_size", None)
-        if isinstance(size, int) and hasattr(module, "patch_size"):  # torchvision ViT asserts H == W == image_size
-            return size
-        size = getattr(module, "img_size", None)
-        if getattr(module, "strict_img_size", False) and isinstance(size, (tuple, list)) and len(set(size)) == 1:
-            return int(size[0])
-    return None
-
-
-def check_image_size(model: nn.Module, image_size: int, what: str = "this model") -> None:
-    """Refuse, in one line naming the option to use, an image size the model cannot take."""
-    needed = required_image_size(model)
-    if needed is not None and needed != image_size:
-        raise CollapseProbeError(f"{what} needs {needed} px images (--image-size {needed}), got {image_size} px")
 
 
 def per_checkpoint_archs(archs: str | Sequence[str] | None, n_checkpoints: int) -> list[str | None]:
@@ -146,7 +104,7 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig,
     own inputs (an image processor, a tokenizer) and text data are probed one pass per checkpoint;
     :func:`open_data` says how the data is opened.
     """
-    device = parse_device(config.device)
+    device = parse_device(config.options.device or "auto")
     archs = per_checkpoint_archs(config.arch if archs is None else archs, len(paths))
     loaded = [load_encoder_with_report(p, arch, trust_checkpoint=config.trust_checkpoint,
                                        allow_partial=config.allow_partial) for p, arch in zip(paths, archs, strict=True)]
@@ -161,7 +119,7 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig,
 def _probe_loaded(paths: list[str | Path], loaded: list[LoadedEncoder], config: ProbeConfig,
                   device: torch.device) -> list[ProbeResult]:
     """One pass of the data through the loaded models (:func:`probe_checkpoints`)."""
-    plans = [_layer_plan(item.default_layers, config.layers) for item in loaded]
+    plans = [layer_plan(item.default_layers, config.layers) for item in loaded]
     if len(loaded) == 1:  # one model: hook it directly, so messages name its own modules
         target: nn.Module = loaded[0].model
         keys = [list(plans[0]) or [OUTPUT_NAME]]
@@ -171,11 +129,8 @@ def _probe_loaded(paths: list[str | Path], loaded: list[LoadedEncoder], config: 
         keys = [[f"models.m{i}.{name}" for name in plan] or [f"outputs.m{i}"] for i, plan in enumerate(plans)]
         hooks = [key for group in keys for key in group]
     loader, data_source = open_data(paths, loaded, config.data, device)
-    d = config.data
-    solved = spectrum(target, loader, layers=hooks, device=device, normalize=config.normalize,
-                      max_samples=d.max_samples, precision=config.precision, progress=config.progress,
-                      repeated_calls=config.repeated_calls, skip_nonfinite=config.skip_nonfinite,
-                      groups=config.groups)
+    options = config.options.replace(layers=hooks, device=device, max_samples=config.data.max_samples)
+    solved = spectrum(target, loader, options)
     if not isinstance(solved, dict):
         solved = {OUTPUT_NAME: solved}
     if "n_unreadable_skipped" in data_source:  # counted during the pass
@@ -187,74 +142,10 @@ def _probe_loaded(paths: list[str | Path], loaded: list[LoadedEncoder], config: 
         roles = {name: role for name, role in plan.items() if role} or {OUTPUT_NAME: "output"}
         report = _note_preprocessing(item.report, data_source)
         source = {"checkpoint": str(path), "loaded_as": report.kind, "arch": report.arch,
-                  **data_source, "precision": config.precision or "fp32", "device": str(device),
-                  "load": report.to_dict(), "skip_nonfinite": config.skip_nonfinite}
+                  **data_source, **config.options.conventions(), "device": str(device),
+                  "load": report.to_dict()}
         results.append(ProbeResult(spectra, roles, source, report))
     return results
-
-
-def _note_preprocessing(report: LoadReport, data_source: Mapping[str, Any]) -> LoadReport:
-    """``report`` with its note on the folder's image processor saying what preprocessed the images
-    (``--image-size``/``--resize`` replace the processor's resize and crop: :func:`open_data`)."""
-    done = data_source.get("preprocessing")
-    if not done:
-        return report
-    return replace(report, notes=tuple(PROCESSOR_NOTE + done if note.startswith(PROCESSOR_NOTE) else note
-                                       for note in report.notes))
-
-
-def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: DataConfig,
-              device: torch.device) -> tuple[Any, dict[str, Any]]:
-    """The batches of ``d.data`` for these models, and what to record of them in ``source``.
-
-    * a ``.txt``/``.jsonl`` file: tokenizer batches by the one model's tokenizer
-      (:mod:`collapse_probe.data.text`);
-    * images for a Hugging Face folder with an image processor: preprocessed by that processor
-      (its resize, crop, rescale and normalisation), unless ``image_size`` or ``resize`` is given,
-      which selects the evaluation transform (bilinear resize, centre crop) at that size followed
-      by the processor's own rescale and normalisation (:func:`processor_pixel_stats`);
-    * images otherwise: :func:`~collapse_probe.data.images.open_images` at ``d.image_size`` (None:
-      the checkpoint's training crop size, else 224), refused early when a model needs another size.
-    """
-    first = loaded[0]
-    if is_text_data(d.data):
-        if first.tokenizer is None:
-            raise CollapseProbeError(f"--data {d.data} is text, but {paths[0]} has no tokenizer: text needs a "
-                                     "Hugging Face folder with its tokenizer files (save_pretrained)")
-        texts = open_texts(d.data, first.tokenizer, batch_size=d.batch_size, max_samples=d.max_samples,
-                           max_length=model_max_length(first.tokenizer, first.model))
-        return texts, {"data": str(d.data), "n_texts": texts.n_texts, "n_blank_lines_skipped": texts.n_skipped,
-                       "max_length": texts.max_length}
-    if len(loaded) == 1 and first.tokenizer is not None and first.image_processor is None:
-        raise CollapseProbeError(f"{paths[0]} is a text model (a tokenizer, no image processor): give --data "
-                                 "FILE.txt (one text per line) or FILE.jsonl (a 'text' field)")
-    processor = first.image_processor if len(loaded) == 1 else None
-    transform = None
-    if processor is not None and d.image_size is None and d.resize is None:
-        images = open_images(d.data, transform=ProcessorTransform(processor), batch_size=d.batch_size,
-                             workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
-        return images, {"data": str(d.data), "n_images": images.n_images, "n_unreadable_skipped": images.n_skipped,
-                        "image_size": processor_size(processor), "resize": None,
-                        "preprocessing": f"{PROCESSOR_CONFIG}: {describe_processor(processor)}"}
-    if d.image_size is None:
-        trained_sizes = {item.image_size for item in loaded if item.image_size}
-        d = replace(d, image_size=trained_sizes.pop() if len(trained_sizes) == 1 else DEFAULT_IMAGE_SIZE)
-    for path, item in zip(paths, loaded, strict=True):
-        check_image_size(item.model, d.image_size, f"{Path(path).name}: this model")
-    if processor is not None:
-        mean, std = processor_pixel_stats(processor)
-        transform = eval_transform(d.image_size, d.resize, mean=mean, std=std)
-    images = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
-                         workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device,
-                         transform=transform)
-    resize = d.resize or default_resize(d.image_size)
-    source = {"data": str(d.data), "n_images": images.n_images, "n_unreadable_skipped": images.n_skipped,
-              "image_size": d.image_size, "resize": resize}
-    if processor is not None:
-        source["preprocessing"] = (f"the evaluation transform (bilinear resize of the shorter side to {resize}, centre "
-                                   f"crop {d.image_size}), then the rescale and normalisation of {PROCESSOR_CONFIG} "
-                                   f"({type(processor).__name__}'s own resize and crop not used)")
-    return images, source
 
 
 def probe_checkpoint(path: str | Path, config: ProbeConfig) -> ProbeResult:

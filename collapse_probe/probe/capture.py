@@ -33,6 +33,31 @@ def from_transformers(module: nn.Module) -> bool:
     return type(module).__module__.startswith("transformers.")
 
 
+#: Modules whose 3-d output is (B, C, L): channels are the feature axis, L is pooled.
+CHANNELS_FIRST_1D = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d,
+                     nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LazyConv1d)
+
+
+def is_channels_first(module: nn.Module) -> bool:
+    """Whether ``module``'s 3-d output is (B, C, L) of a 1-d convolution rather than (B, T, D)
+    tokens: the module, or the last of its submodules that has no children (a ``Sequential``
+    ending in a ``Conv1d`` block), is a 1-d convolution, pooling or its norm. An activation or
+    dropout at the end is looked through.
+
+    >>> is_channels_first(nn.Sequential(nn.Conv1d(3, 16, 3), nn.ReLU())), is_channels_first(nn.Linear(2, 2))
+    (True, False)
+    """
+    if isinstance(module, CHANNELS_FIRST_1D):
+        return True
+    shape_free = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Identity, nn.Sigmoid)
+    leaves = [m for m in module.modules() if not list(m.children())]
+    for leaf in reversed(leaves):
+        if isinstance(leaf, shape_free):
+            continue
+        return isinstance(leaf, CHANNELS_FIRST_1D)
+    return False
+
+
 def pick_tensor(output: Any, where: str, *, first_of_tuple: bool = False) -> Any:
     """The one tensor to probe in a module output.
 

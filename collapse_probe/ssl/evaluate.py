@@ -250,7 +250,7 @@ def eval_features(
     """
     from collapse_probe._utils.devices import parse_device
     from collapse_probe.models.loading import load_encoder_with_report
-    from collapse_probe.pipeline.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
+    from collapse_probe.pipeline.data import DEFAULT_IMAGE_SIZE, check_image_size
 
     if layer not in ("backbone", "embedding"):
         raise CollapseProbeError(f"unknown layer {layer!r}; use backbone or embedding")
