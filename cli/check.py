@@ -24,8 +24,9 @@ from collapse_probe.errors import CollapseProbeError
 @click.option("--max-drop", type=float, metavar="FRACTION",
               help="Fail when effective rank or RankMe falls more than this fraction below the baseline.")
 @click.option("--max-drop-sigma", type=float, metavar="Z",
-              help="Fail only when the drop below the baseline also exceeds Z combined standard errors "
-                   "(both spectra probed with --groups K); alone, fail on any drop beyond Z of them.")
+              help="Fail only when the drop below the baseline also exceeds Z standard errors (both spectra "
+                   "probed with --groups K; paired when they share data and groups); alone, fail on any drop "
+                   "beyond Z of them.")
 @click.option("--report-json", type=click.Path(dir_okay=False), metavar="FILE", callback=options.check_out_file,
               help="Write the verdict and results as JSON (also when the run fails, cannot judge or stops on an error).")
 @click.option("--junit-xml", type=click.Path(dir_okay=False), metavar="FILE", callback=options.check_out_file,
@@ -48,12 +49,20 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
 
     N images show at most N - 1 of a layer's d dimensions. When N - 1 < d, a verdict is given
     only if it holds whatever the unshown dimensions do; otherwise the check says it cannot be
-    judged ("need at least d+1 images, got N") and exits 2: give more images (--max-samples).
+    judged ("need at least d+1 images, got N"): give more images (--max-samples). Every other
+    check is still judged and printed; a judged FAIL exits 1, else "cannot judge" exits 2.
 
-    Every report asked for is written whatever the outcome, so CI never reads a stale one:
-    NaN/Inf output is a failed `finite-output` check, too few images a "cannot judge" verdict
-    (a JUnit <error>), any other error that stops the run an "error" verdict. The report files'
-    folders are created and checked before the model is loaded.
+    A --baseline of other conventions (--normalize, centring, ddof) or another dimension is
+    refused (exit 2, naming what differs); one of more than 2x more or fewer samples is a
+    WARNING. --max-drop-sigma pairs the error bars (the jackknife of the difference) when both
+    spectra were probed with the same --groups K on the same data; otherwise it uses the
+    combined SE and says the bars are unpaired.
+
+    Every report asked for is written whatever the outcome (atomically), so CI never reads a
+    stale or half-written one: NaN/Inf output is a failed `finite-output` check, a bound that
+    too few images cannot judge a "cannot judge" check (a JUnit <error>), any other error that
+    stops the run an "error" verdict. The report files' folders are created and checked before
+    the model is loaded.
 
     \b
     Examples:
@@ -66,7 +75,7 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
 
     reports = _Reports(report_json, junit_xml, summary_md, source)
     try:
-        result, results, refusal = _judge(
+        result, run = _judge(
             source, values, quiet, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
             max_collapsed_fraction=max_collapsed_fraction, baseline=baseline, max_drop=max_drop,
             max_drop_sigma=max_drop_sigma)
@@ -79,23 +88,36 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
         with contextlib.suppress(Exception):  # the error that stopped the run is the one to show
             reports.write(error=_reason(error), best_effort=True)
         raise
-    if refusal is not None:  # still exit 2, but every report says why
-        reports.write(result, refused=str(refusal))
+    _print_run(run, quiet)
+    reports.write(result, run)
+    if run.failed:  # a judged FAIL beats "cannot judge": exit 1 whatever could not be judged
+        click.get_current_context().exit(EXIT_CHECK_FAILED)
+    refusal = run.error()
+    if refusal is not None:  # nothing failed, something could not be judged: exit 2, one line on stderr
         raise refusal
-    failed = [r for r in results if not r.passed]
-    for r in results:
+
+
+def _print_run(run, quiet: bool) -> None:
+    """Every judged check (only failures with --quiet), every bound that cannot be judged, every
+    warning, then the count, on stdout."""
+    for r in run.results:
         if not quiet or not r.passed:
             click.echo(r.message)
-    click.echo(f"{len(results) - len(failed)}/{len(results)} checks passed" + ("" if not failed else "; collapse detected"))
-    reports.write(result, results)
-    if failed:
-        click.get_current_context().exit(EXIT_CHECK_FAILED)
+    for refusal in run.refusals:
+        click.echo(refusal.message)
+    for text in run.warnings:
+        click.echo(f"WARNING {text}")
+    n, failed = len(run.results), len(run.failed)
+    parts = [f"{n - failed}/{n} checks passed"] if n else []
+    if run.refusals:
+        parts.append(f"{len(run.refusals)} cannot be judged")
+    click.echo(", ".join(parts) + ("; collapse detected" if failed else ""))
 
 
 def _judge(source: str, values: dict, quiet: bool, *, baseline: str | None, **bounds):
-    """Probe (or load) ``source`` and run the checks: ``(ProbeResult, results, None)``, or
-    ``(ProbeResult, [], CannotJudgeError)`` when the samples cannot judge a bound."""
-    from collapse_probe.checks.verdicts import CannotJudgeError, run_checks, validate_bounds
+    """Probe (or load) ``source`` and run the checks: ``(ProbeResult, CheckRun)`` (judged results,
+    the bounds the samples cannot judge, warnings)."""
+    from collapse_probe.checks.verdicts import evaluate_checks, validate_bounds
     from collapse_probe.pipeline.checkpoints import load_or_probe
     from collapse_probe.pipeline.outputs import is_spectrum_file, load_spectra
 
@@ -103,13 +125,11 @@ def _judge(source: str, values: dict, quiet: bool, *, baseline: str | None, **bo
     probe_values, _ = options.split_probe_values(values)
     config = None if is_spectrum_file(source) else options.probe_config(probe_values, quiet_run=quiet)
     result = load_or_probe(source, config)
-    reference = load_spectra(baseline).spectra if baseline is not None else None
-    try:
-        results = run_checks(result.spectra, **bounds, baseline=reference,
-                             sample_name="samples" if config is None else "images")
-    except CannotJudgeError as refusal:
-        return result, [], refusal
-    return result, results, None
+    reference = load_spectra(baseline) if baseline is not None else None
+    run = evaluate_checks(result.spectra, **bounds, baseline=None if reference is None else reference.spectra,
+                          sample_name="samples" if config is None else "images", source=result.source,
+                          baseline_source=None if reference is None else reference.source)
+    return result, run
 
 
 def _reason(error: BaseException) -> str:
@@ -131,8 +151,8 @@ class _Reports:
     summary_md: str | None
     source: str
 
-    def write(self, result=None, results=(), *, failure: str | None = None, refused: str | None = None,
-              error: str | None = None, best_effort: bool = False) -> None:
+    def write(self, result=None, run=None, *, failure: str | None = None, error: str | None = None,
+              best_effort: bool = False) -> None:
         """Write every requested report; one that cannot be written is removed, never left stale,
         and named in a one-line error (unless ``best_effort``: another error is already on its way)."""
         import os
@@ -141,7 +161,8 @@ class _Reports:
         from collapse_probe.checks.summary import STEP_SUMMARY_ENV, summary_markdown, write_summary
         from collapse_probe.pipeline.outputs import is_spectrum_file
 
-        outcome = {"failure": failure, "refused": refused, "error": error}
+        results, refusals, warnings = (run.results, run.refusals, run.warnings) if run is not None else ((), (), ())
+        outcome = {"failure": failure, "error": error, "refusals": refusals, "warnings": warnings}
         if result is not None:
             source, metrics = result.source, {n: s.metrics() for n, s in result.spectra.items()}
         else:

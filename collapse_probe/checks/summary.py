@@ -27,10 +27,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from collapse_probe._utils.files import atomic_write_text
+from collapse_probe.checks.reports import refused_line
 from collapse_probe.checks.reports import verdict as run_verdict
 
 if TYPE_CHECKING:
-    from collapse_probe.checks.verdicts import CheckResult
+    from collapse_probe.checks.verdicts import CheckResult, Refusal
     from collapse_probe.results.spectrum import Spectrum
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
@@ -39,6 +41,23 @@ STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 def _cell(text: object) -> str:
     """Table-safe: no pipes or newlines inside a cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _rows(results: Sequence[CheckResult], refusals: Sequence[Refusal], spectra: Mapping[str, Spectrum]) -> list[str]:
+    """The table: one row per judged check, then one per bound that cannot be judged."""
+    lines = ["| check | layer | value | required | result | samples |", "|---|---|---|---|---|---|"]
+    for r in results:
+        op = "<=" if r.check.startswith("max-collapsed") else ">="
+        value = r.detail or f"{r.value:.4g}"
+        samples = spectra[r.layer].n_samples if r.layer in spectra else ""
+        mark = "✅ pass" if r.passed else "❌ fail"
+        lines.append(f"| {_cell(r.check)} | {_cell(r.layer)} | {_cell(value)} | {op} {r.bound:.4g} | {mark} | {samples} |")
+    for r in refusals:
+        op = "<=" if r.check.startswith("max-collapsed") else ">="
+        required = "" if r.bound is None else f"{op} {r.bound:.4g}"
+        lines.append(f"| {_cell(r.check)} | {_cell(r.layer)} | {r.value:.4g} | {required} | ⚠️ cannot judge | "
+                     f"{r.n_samples} (need {r.needed_samples}) |")
+    return [*lines, ""]
 
 
 def summary_markdown(
@@ -50,43 +69,45 @@ def summary_markdown(
     refused: str | None = None,
     failure: str | None = None,
     error: str | None = None,
+    refusals: Sequence[Refusal] = (),
+    warnings: Sequence[str] = (),
 ) -> str:
     """The Markdown of one check run.
 
     Args:
-        results: the evaluated checks (empty when the run was refused or failed before checking).
+        results: the judged checks (empty when the run failed or stopped before checking).
         spectra: layer -> Spectrum, for the sample count of each row and a per-layer line when
-            no check could be judged.
+            a bound could not be judged.
         source: the checkpoint or spectrum file checked.
         load_report: :meth:`LoadReport.summary` of the checkpoint, shown in a collapsed block.
-        refused: why the bounds cannot be judged (:class:`~collapse_probe.checks.verdicts.CannotJudgeError`);
-            the verdict is then CANNOT JUDGE.
+        refused: why bounds cannot be judged (``CannotJudgeError``; derived from ``refusals``
+            when not given); the verdict is CANNOT JUDGE unless a judged check failed.
         failure: a finding that fails the run before any bound is checked (non-finite output).
         error: why the run stopped (bad input, a bug, an interrupt); the verdict is then ERROR.
+        refusals: the bounds that cannot be judged (:class:`~collapse_probe.checks.verdicts.Refusal`),
+            one table row each.
+        warnings: lines shown as **Warning:** (a baseline of another sample count, unpaired error bars).
     """
     spectra = spectra or {}
+    refused = refused_line(refusals, refused)
     failed = [r for r in results if not r.passed]
     verdict = run_verdict(results, failure=failure, refused=refused, error=error).upper()
-    counted = f" ({len(results) - len(failed)}/{len(results)} checks passed)" if results else ""
-    lines = [f"### collapse-probe check: {verdict}{counted}", ""]
+    judged = f"{len(results) - len(failed)}/{len(results)} checks passed" if results else ""
+    counted = ", ".join(filter(None, [judged, f"{len(refusals)} cannot be judged" if refusals else ""]))
+    lines = [f"### collapse-probe check: {verdict}" + (f" ({counted})" if counted else ""), ""]
     if source:
         lines += [f"Source: `{source}`", ""]
     if failure:
         lines += [f"**Failed:** {_cell(failure)}", ""]
     if refused:
-        lines += [f"**Cannot judge** (exit 2, more samples needed): {_cell(refused)}", ""]
+        lines += [f"**Cannot judge** ({'a judged check failed: exit 1' if failed else 'exit 2'}, more samples "
+                  f"needed): {_cell(refused)}", ""]
     if error:
         lines += [f"**Error** (no verdict): {_cell(error)}", ""]
-    if results:
-        lines += ["| check | layer | value | required | result | samples |", "|---|---|---|---|---|---|"]
-        for r in results:
-            op = "<=" if r.check.startswith("max-collapsed") else ">="
-            value = r.detail or f"{r.value:.4g}"
-            samples = spectra[r.layer].n_samples if r.layer in spectra else ""
-            mark = "✅ pass" if r.passed else "❌ fail"
-            lines.append(f"| {_cell(r.check)} | {_cell(r.layer)} | {_cell(value)} | {op} {r.bound:.4g} | {mark} | {samples} |")
-        lines.append("")
-    elif spectra:
+    lines += [line for text in warnings for line in (f"**Warning:** {_cell(text)}", "")]
+    if results or refusals:
+        lines += _rows(results, refusals, spectra)
+    if spectra and (refused or not results):
         lines += ["| layer | dim | samples | effective rank |", "|---|---|---|---|"]
         lines += [f"| {_cell(n)} | {s.dim} | {s.n_samples} | {s.effective_rank:.4g} |" for n, s in spectra.items()]
         lines.append("")
@@ -96,14 +117,13 @@ def summary_markdown(
 
 
 def write_summary(text: str, path: str | os.PathLike | None = None, *, step_summary: bool = True) -> list[Path]:
-    """Write ``text`` to ``path`` (when given) and append it to ``$GITHUB_STEP_SUMMARY`` (when set
-    and ``step_summary``)."""
+    """Write ``text`` to ``path`` (when given; atomically: a temporary file, then ``os.replace``) and
+    append it to ``$GITHUB_STEP_SUMMARY`` (when set and ``step_summary``)."""
     written = []
     if path is not None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        written.append(target)
+        written.append(atomic_write_text(target, text))
     step_summary_path = os.environ.get(STEP_SUMMARY_ENV) if step_summary else None
     if step_summary_path:
         with open(step_summary_path, "a", encoding="utf-8") as f:

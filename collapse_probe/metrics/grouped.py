@@ -12,6 +12,11 @@ with ``theta_(k)`` the metric of the data without group k (Efron & Stein 1981). 
 Gaussian data: one run's SE is within 1.5x of the spread over 30 independent runs
 (tests/core/test_grouped.py, docs/metrics.md).
 
+The K values ``theta_(k)`` are kept in ``Spectrum.extra["jackknife"]`` (:func:`jackknife_record`),
+with the grouping that produced them, so that two spectra of the same images and groups (a
+baseline and a new model) can be compared by a *paired* jackknife: the error of the difference
+from the K differences ``theta_(k) - theta'_(k)`` (:mod:`collapse_probe.checks.baseline`).
+
 Cost: K + 1 eigen-solves at the end instead of one, and K (K - 1) O(d^2) merges.
 """
 
@@ -22,8 +27,8 @@ from typing import Any
 
 import torch
 
+from collapse_probe import functional as cpf
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
-from collapse_probe.functional import metrics as cpf
 from collapse_probe.functional.moments import Moments
 from collapse_probe.metrics.covariance import CovarianceAccumulator
 from collapse_probe.metrics.solve import solve_spectra
@@ -67,7 +72,7 @@ def pool_moments(parts: list[Moments]) -> Moments:
 
 
 def _metric_values(s: Spectrum, fit_range: tuple[int, int] | None) -> dict[str, float]:
-    fit = s.power_law(ranks=fit_range) if fit_range is not None else s.power_law()
+    fit = s.power_law(fit_range) if fit_range is not None else s.power_law()
     values = {"effective_rank": s.effective_rank, "rankme": s.rankme, "stable_rank": s.stable_rank,
               "participation_ratio": s.participation_ratio, "alpha": fit.alpha}
     if s.std_of_l2_normalized is not None:
@@ -75,11 +80,38 @@ def _metric_values(s: Spectrum, fit_range: tuple[int, int] | None) -> dict[str, 
     return values
 
 
-def jackknife_spectrum(full: Moments, groups: list[Moments]) -> Spectrum:
+#: How :class:`GroupedAccumulator` assigns rows to groups (recorded with the replicates).
+ASSIGNMENT = "batch i -> group i mod K"
+
+
+def jackknife_record(groups: list[Moments], replicates: dict[str, list[float]],
+                     group_batches: list[int] | None = None) -> dict[str, Any]:
+    """What ``Spectrum.extra["jackknife"]`` holds: enough to tell whether two spectra share groups.
+
+    ``{"groups": K, "assignment": ASSIGNMENT, "group_sizes": [n_1 .. n_K], "group_batches":
+    [b_1 .. b_K] or None, "replicates": {metric: [theta_(1) .. theta_(K)]}}``: ``theta_(k)`` is the
+    metric without group k, in group order; a NaN (alpha of a rank-1 spectrum) is stored as ``None``,
+    so that the file stays strict JSON.
+
+    >>> from collapse_probe.functional.moments import embedding_moments
+    >>> parts = [embedding_moments(torch.randn(n, 2, dtype=torch.float64)) for n in (5, 7)]
+    >>> record = jackknife_record(parts, {"rankme": [1.5, 1.7]}, [1, 1])
+    >>> record["groups"], record["group_sizes"], record["replicates"]
+    (2, [5, 7], {'rankme': [1.5, 1.7]})
+    """
+    return {"groups": len(groups), "assignment": ASSIGNMENT, "group_sizes": [int(g.count) for g in groups],
+            "group_batches": None if group_batches is None else [int(b) for b in group_batches],
+            "replicates": {name: [None if math.isnan(v) else float(v) for v in values]
+                           for name, values in replicates.items()}}
+
+
+def jackknife_spectrum(full: Moments, groups: list[Moments], group_batches: list[int] | None = None) -> Spectrum:
     """The spectrum of ``full`` with :attr:`Spectrum.stderr` from the K leave-one-group-out poolings.
 
     alpha is refitted on each leave-one-out spectrum over the full spectrum's fit range (ranks
-    1 .. its ``numerical_rank()``), so the error bar is that of one fixed estimator.
+    1 .. its ``numerical_rank()``), so the error bar is that of one fixed estimator. The K
+    leave-one-out values of each metric go to ``extra["jackknife"]`` (:func:`jackknife_record`;
+    ``group_batches``: the number of batches each group holds, when known).
     """
     if len(groups) < 2:
         raise CollapseProbeError(f"a jackknife needs at least 2 non-empty groups, got {len(groups)}")
@@ -91,10 +123,12 @@ def jackknife_spectrum(full: Moments, groups: list[Moments]) -> Spectrum:
         others = solve_spectra([pool_moments(groups[:k] + groups[k + 1 :])])[0]
         for name, value in _metric_values(others, fit_range).items():
             estimates.setdefault(name, []).append(value)
+    estimates = {name: values for name, values in estimates.items() if len(values) == len(groups)}
     stderr = {name: cpf.jackknife_stderr(torch.tensor(values, dtype=torch.float64))
-              for name, values in estimates.items() if len(values) == len(groups)}
+              for name, values in estimates.items()}
     return Spectrum.from_moments(full, eigenvalues=result.eigenvalues, uncentered_singular_values=
-                                 result.uncentered_singular_values, stderr=stderr)
+                                 result.uncentered_singular_values, stderr=stderr,
+                                 extra={"jackknife": jackknife_record(groups, estimates, group_batches)})
 
 
 class GroupedAccumulator:
@@ -183,16 +217,19 @@ class GroupedAccumulator:
                 f"groups={self.n_groups} needs at least {self.n_groups} batches, got {self.batches_seen}: "
                 "use fewer groups or smaller batches")
 
-    def _group_moments(self) -> list[Moments]:
+    def _group_moments(self) -> tuple[list[Moments], list[int]]:
+        """The non-empty groups' moments and how many batches each holds."""
         self._check()
-        parts = [g.finalize() for g in self.groups]
-        return [p for p in parts if p.count > 0]
+        parts = [(g.finalize(), g.batches_seen) for g in self.groups]
+        kept = [(p, int(b)) for p, b in parts if p.count > 0]
+        return [p for p, _ in kept], [b for _, b in kept]
 
     def finalize(self) -> Moments:
         """The full-data :class:`Moments`: every group pooled by the Chan merge."""
-        return pool_moments(self._group_moments())
+        return pool_moments(self._group_moments()[0])
 
     def compute(self) -> Spectrum:
-        """The full-data spectrum with :attr:`Spectrum.stderr` (jackknife over the K groups)."""
-        parts = self._group_moments()
-        return jackknife_spectrum(pool_moments(parts), parts)
+        """The full-data spectrum with :attr:`Spectrum.stderr` (jackknife over the K groups) and the
+        K leave-one-out values of each metric in ``extra["jackknife"]`` (:func:`jackknife_record`)."""
+        parts, batches = self._group_moments()
+        return jackknife_spectrum(pool_moments(parts), parts, batches)

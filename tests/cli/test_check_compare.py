@@ -87,8 +87,10 @@ def test_check_on_checkpoint_and_data(tmp_path, checkpoints, image_folder, invok
     assert code == 0
     # 9 images show at most 8 of resnet18's 512 dims: no effective-rank verdict either way
     code, stdout, stderr = invoke([*args, "--min-effective-rank", "1e6"])
-    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert "cannot judge min-effective-rank [fc]" in stderr and "need at least 513 images, got 9" in stderr
+    assert stdout.splitlines()[0].startswith("CANNOT JUDGE min-effective-rank [fc]: effective_rank = ")
+    assert stdout.splitlines()[1:] == ["1 cannot be judged"]
     code, _, stderr = invoke(["check", checkpoints["pt"], "--arch", "resnet18", "--min-rankme", "1"])
     assert code == 2 and "--data" in stderr
 
@@ -161,7 +163,8 @@ def test_check_refuses_what_300_samples_of_a_512_d_model_cannot_show(tmp_path, i
     path, s = _saved(tmp_path, "few", z)
     assert np.linalg.matrix_rank(z.numpy() - z.numpy().mean(0)) == 299 == s.max_rank
     code, stdout, stderr = invoke(["check", path, "--max-collapsed-fraction", "0.25"])
-    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert stdout == "CANNOT JUDGE " + stderr.strip().removeprefix("Error: cannot judge ") + "\n1 cannot be judged\n"
     assert stderr.startswith("Error: cannot judge max-collapsed-fraction [fc]") and "need at least 513 samples, got 300" in stderr
     code, stdout, _ = invoke(["check", path, "--max-collapsed-fraction", "0.5"])  # holds even if all 213 unseen collapsed
     assert code == 0 and "PASS max-collapsed-fraction [fc]: at most 0.416 of 512 dims collapsed" in stdout
@@ -250,19 +253,21 @@ def test_cannot_judge_writes_every_report_saying_so(tmp_path, invoke):
     few, _ = _saved(tmp_path, "few", torch.randn(6, 16, generator=torch.Generator().manual_seed(0),
                                                   dtype=torch.float64))
     code, stdout, stderr = invoke(["check", few, "--min-effective-rank", "10", *_stale_reports(tmp_path)])
-    assert code == 2 and stdout == ""
     line = _error_line(stderr)
+    assert code == 2 and stdout == f"CANNOT JUDGE {line.removeprefix('Error: cannot judge ')}\n1 cannot be judged\n"
     assert line.startswith("Error: cannot judge min-effective-rank [fc]") and "need at least 17 samples, got 6" in line
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["verdict"] == "cannot judge" and report["passed"] is False
     assert report["reason"] == line.removeprefix("Error: ")
-    assert (report["n_checks"], report["n_failed"], report["n_errors"]) == (0, 0, 1)
+    assert (report["n_checks"], report["n_failed"], report["n_cannot_judge"], report["n_errors"]) == (1, 0, 1, 1)
+    (entry,) = report["checks"]
+    assert (entry["verdict"], entry["passed"], entry["needed_samples"], entry["n_samples"]) == ("cannot judge", False, 17, 6)
     assert report["metrics"]["fc"]["n_samples"] == 6 and report["source"]["spectrum_file"] == str(few)
     suite, (case,) = _junit_cases(tmp_path / "r.xml")
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "0", "1")
     (error,) = case.findall("error")
-    assert case.get("name") == "cannot-judge" and error.get("type") == "CannotJudge"
-    assert error.get("message") == report["reason"] and case.find("skipped") is None
+    assert case.get("name") == "min-effective-rank:effective_rank" and error.get("type") == "CannotJudge"
+    assert error.get("message") == entry["message"] == stdout.splitlines()[0] and case.find("skipped") is None
     assert (tmp_path / "s.md").read_text().startswith("### collapse-probe check: CANNOT JUDGE")
 
 
