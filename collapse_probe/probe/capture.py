@@ -58,11 +58,17 @@ def is_channels_first(module: nn.Module) -> bool:
     return False
 
 
+def _is_head_field(key: str) -> bool:
+    return key == "loss" or key.endswith("loss") or "logits" in key
+
+
 def pick_tensor(output: Any, where: str, *, first_of_tuple: bool = False) -> Any:
     """The one tensor to probe in a module output.
 
     A dict or a transformers ``ModelOutput`` (an ``OrderedDict`` whose unset fields are absent)
-    gives its ``last_hidden_state`` when it has one, else its first tensor field. A tuple gives
+    gives its ``last_hidden_state`` when it has one, else its first tensor field with a batch
+    axis that is not a loss or logits (a head's output is never "the model output" of an
+    encoder: a mapping with nothing else is refused). A tuple gives
     element 0 only when ``first_of_tuple`` (Hugging Face layers return ``(hidden_states,
     attentions, ...)``; ``return_dict=False`` models return ``(last_hidden_state, ...)``): any
     other tuple is an error, since its first element may be logits or one of two views.
@@ -73,11 +79,13 @@ def pick_tensor(output: Any, where: str, *, first_of_tuple: bool = False) -> Any
     if isinstance(output, Mapping):
         if isinstance(output.get("last_hidden_state"), torch.Tensor):
             return output["last_hidden_state"]
-        for value in output.values():
-            if isinstance(value, torch.Tensor):
+        for key, value in output.items():
+            if isinstance(value, torch.Tensor) and not _is_head_field(str(key)) and value.ndim >= 2:
                 return value
-        raise CollapseProbeError(f"{where} returns a mapping with no tensor field ({', '.join(map(str, output))}); "
-                                 "pass output_fn")
+        raise CollapseProbeError(
+            f"{where} holds no embeddings (fields: {', '.join(map(str, output))}); a loss or a head's logits is "
+            "not an encoder's output: probe the base model (module=..., a Hugging Face model's base_model), "
+            "name a layer, or pass output_fn")
     if first_of_tuple and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     return output
