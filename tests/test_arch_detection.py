@@ -4,6 +4,8 @@ shapes, on the meta device (issue 10 item 3); a name in both libraries goes to t
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -16,12 +18,18 @@ from collapse_probe.models.loading import load_encoder_with_report
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.fixture
+def no_timm(monkeypatch):
+    """timm hidden: its resnetblur18 fits a resnet18 file too, with another forward (tests/cli/test_arch_forwards.py)."""
+    monkeypatch.setitem(sys.modules, "timm", None)
+
+
 def test_meta_build_holds_no_memory():
     model = meta_model("torchvision", "regnet_y_400mf")  # computes widths with tensors: not torch.device("meta")
     assert all(p.is_meta for p in model.parameters())
 
 
-def test_resnet18_is_detected_and_named(tmp_path):
+def test_resnet18_is_detected_and_named(tmp_path, no_timm):
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, tmp_path / "w.pth")
@@ -36,7 +44,7 @@ def test_resnet18_is_detected_and_named(tmp_path):
         assert torch.equal(loaded.model(X), model(X))
 
 
-def test_lightly_layout_is_detected_too():
+def test_lightly_layout_is_detected_too(no_timm):
     model = torchvision.models.resnet18()
     backbone = nn.Sequential(*list(model.children())[:-1])
     found = detect_arch({"backbone." + k: v for k, v in backbone.state_dict().items()})
@@ -69,16 +77,16 @@ def test_timm_efficientnet_b0_under_a_shared_name(tmp_path):
     assert load_encoder_with_report(tmp_path / "tv.pth", "efficientnet_b0").report.arch_library == "torchvision"
 
 
-def test_torchvision_wins_over_identical_timm_models_and_names_them():
+def test_identical_keys_with_other_forwards_are_refused_naming_each():
     pytest.importorskip("timm")
     found = detect_arch(torchvision.models.resnet18().state_dict())
-    assert [c.spec for c in found.matches] == ["torchvision/resnet18"]
-    assert any("timm/resnetblur18" in note and "--arch timm/NAME" in note for note in found.notes)
+    assert [[c.spec for c in g] for g in found.groups] == [["torchvision/resnet18", "timm/resnet18"], ["timm/resnetblur18"]]
+    assert [c.spec for c in found.matches] == ["torchvision/resnet18", "timm/resnet18", "timm/resnetblur18"]
 
 
 def test_several_matches_are_an_error_naming_them(tmp_path):
     timm = pytest.importorskip("timm")
     torch.save(timm.create_model("efficientnet_b0", pretrained=False).state_dict(), tmp_path / "effnet.pth")
-    with pytest.raises(CollapseProbeError, match=r"fits \d+ architectures: .*timm/efficientnet_b0 \(fits\).*"
-                                                 r"timm/tf_efficientnet_b0 \(fits\).*--arch"):
+    with pytest.raises(CollapseProbeError, match=r"fit \d+ architectures that compute \d+ different outputs .*"
+                                                 r"timm/efficientnet_b0.*timm/tf_efficientnet_b0.*--arch"):
         load_encoder_with_report(tmp_path / "effnet.pth")

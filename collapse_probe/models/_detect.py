@@ -13,11 +13,19 @@ classification models between them:
    file is fitted to it with the same rules as loading (:func:`collapse_probe.models.loading.fit_weights`:
    best prefix, no shape-mismatched key, no unexpected backbone key, no missing tensor).
 
-Exactly one fitting model is a detection. When several fit and exactly one of them is torchvision's
-(a resnet50 file fits torchvision's resnet50 and timm's resnet50, resnetaa50 and resnetblur50, whose
-anti-aliasing holds no weights), torchvision's is used -- SSL checkpoints use its names -- and the
-others are named in the report. Anything else -- several fitting models, or none -- is reported
-with the closest candidates and what differs.
+Exactly one fitting model is a detection. Keys and shapes cannot tell every model apart: a resnet50
+file fits torchvision's resnet50 and timm's resnet50, resnetaa50 and resnetblur50, whose
+anti-aliasing holds no weights but changes the forward. So when several fit, they are compared by
+running them (3. below): the same tensors loaded into each, one seeded random input, eval mode
+(:mod:`collapse_probe.models._forwards`).
+
+3. **Run, on the CPU.** Candidates whose outputs agree to float rounding are one architecture: the
+   first is used (torchvision's when it is one of them: SSL checkpoints use its names) and the
+   others are named in a note. Candidates whose outputs differ leave the detection ambiguous:
+   :attr:`Detection.groups` holds them, one group per distinct output, and loading refuses with
+   their names unless ``--arch`` chooses.
+
+No fitting model is reported with the closest candidates and what differs.
 
 The index is regenerated for newer library versions with ``python -m collapse_probe.models._detect
 OUT.json.gz``; models missing from it are not candidates (the error says so).
@@ -41,6 +49,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from collapse_probe.models._forwards import group_by_output, outputs_on_one_input
 from collapse_probe.models._registry import find_classifier
 
 INDEX_PATH = Path(__file__).with_name("arch_index.json.gz")
@@ -192,7 +201,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Detection:
-    """The result of :func:`detect_arch`: the fitting candidates, the closest others, counts and time."""
+    """The result of :func:`detect_arch`: the fitting candidates, the closest others, counts and time.
+
+    ``groups``: when the fitting candidates were run (several fit), one tuple per distinct output;
+    ``failures``: spec -> why a candidate could not run.
+    """
 
     matches: tuple[Candidate, ...]
     closest: tuple[Candidate, ...]
@@ -200,6 +213,16 @@ class Detection:
     n_built: int
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    groups: tuple[tuple[Candidate, ...], ...] = ()
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def describe_groups(self) -> str:
+        """The distinct forwards in one line: ``torchvision/resnet18 (= timm/resnet18), timm/resnetblur18``."""
+        def one(group: tuple[Candidate, ...]) -> str:
+            same = f" (= {', '.join(c.spec for c in group[1:])})" if len(group) > 1 else ""
+            failed = f" ({self.failures[group[0].spec]})" if group[0].spec in self.failures else ""
+            return group[0].spec + same + failed
+        return ", ".join(one(g) for g in self.groups)
 
     def describe(self, n: int = N_CLOSEST) -> str:
         """The candidates in one line: ``torchvision/resnet50 (fits), timm/... (3 missing, ...)``."""
@@ -257,18 +280,25 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Detection:
     if len(contained) > MAX_BUILT:
         notes.append(f"{len(contained)} models pass the shape prefilter: only the first {MAX_BUILT} were checked")
     checked = [c for spec in to_build if (c := check_candidate(*spec.split("/", 1), state_dict)) is not None]
-    matches = [c for c in checked if not c.problems]
-    # A torchvision model wins over timm models with identical keys and shapes (timm's resnet50, and
-    # resnetaa50/resnetblur50, whose anti-aliasing holds no weights): torchvision's names are the
-    # layout SSL checkpoints use. The others are named in the report.
-    torchvision = [c for c in matches if c.library == "torchvision"]
-    if len(matches) > 1 and len(torchvision) == 1:
-        others = ", ".join(c.spec for c in matches if c.library != "torchvision")
-        notes.append(f"also fit, with identical keys and shapes: {others}; pass --arch timm/NAME if the file is one of those")
-        matches = torchvision
+    matches = sorted((c for c in checked if not c.problems), key=lambda c: (c.library != "torchvision", c.spec))
+    groups, failures = _run_to_tell_apart(matches)
+    if len(groups) == 1 and len(matches) > 1:  # one forward: torchvision's names (SSL checkpoints use them)
+        others = ", ".join(c.spec for c in groups[0][1:])
+        notes.append(f"also fit, with identical keys and shapes and the same output on a test input: {others}")
+        matches = [groups[0][0]]
     closest = sorted((c for c in checked if c.problems), key=lambda c: (c.badness, c.library != "torchvision", c.spec))
     return Detection(tuple(matches), tuple(closest[:N_CLOSEST]), len(models), len(checked),
-                     time.perf_counter() - start, tuple(notes))
+                     time.perf_counter() - start, tuple(notes), groups, failures)
+
+
+def _run_to_tell_apart(matches: list[Candidate]) -> tuple[tuple[tuple[Candidate, ...], ...], dict[str, str]]:
+    """Several fitting candidates grouped by their output on one input (module docstring, stage 3)."""
+    if len(matches) < 2:
+        return (), {}
+    outputs = outputs_on_one_input([c.spec for c in matches], [c.fit["usable"] for c in matches])
+    groups = tuple(tuple(matches[i] for i in group) for group in group_by_output(outputs))
+    failures = {c.spec: o for c, o in zip(matches, outputs, strict=True) if isinstance(o, str)}
+    return groups, failures
 
 
 def main(argv: list[str] | None = None) -> None:

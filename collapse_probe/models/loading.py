@@ -120,8 +120,9 @@ def choose_arch(path: Path, arch: str | None, state_dict: dict[str, torch.Tensor
 
     A plain name that torchvision and timm both have (efficientnet_b0) goes to the library whose
     model the keys fit, torchvision when both do. Without ``arch`` the model is detected
-    (:func:`collapse_probe.models._detect.detect_arch`); several fitting models or none raise
-    :class:`CollapseProbeError` naming the closest and what differs.
+    (:func:`collapse_probe.models._detect.detect_arch`); several fitting models whose outputs
+    differ raise :class:`CollapseProbeError` naming each; none fitting raises naming the closest
+    and what differs.
     """
     if arch is not None:
         libraries = libraries_with(arch) if ":" not in arch and "/" not in arch else []
@@ -147,8 +148,11 @@ def choose_arch(path: Path, arch: str | None, state_dict: dict[str, torch.Tensor
             f"architecture detected from keys and shapes: {match.spec} ({took})",
             *found.notes]
     if found.matches:
-        raise CollapseProbeError(f"{where} that fits {len(found.matches)} architectures: {found.describe()}: "
-                                 "name one with --arch (e.g. --arch " + found.matches[0].spec + ")")
+        raise CollapseProbeError(
+            f"{where} whose keys and shapes fit {len(found.matches)} architectures that compute "
+            f"{len(found.groups)} different outputs from the same weights and input: {found.describe_groups()} "
+            f"({took}): name the one it is with --arch "
+            f"(e.g. --arch {found.matches[0].spec})")
     closest = found.describe() or "none"
     libraries = "torchvision or timm" if arch_detect.timm_installed() else "torchvision (timm is not installed)"
     raise CollapseProbeError(f"{where} that fits no {libraries} model ({took}); closest: {closest}: name its "
