@@ -103,15 +103,41 @@ def custom_code(folder: Path) -> list[str]:
 
 @contextlib.contextmanager
 def _quiet_transformers(transformers: Any) -> Iterator[None]:
-    """No "Loading weights" progress bars while loading (restored afterwards)."""
+    """No "Loading weights" progress bars and no load-report warnings while loading (restored afterwards).
+
+    What transformers would warn about (missing, unexpected, shape-mismatched tensors) is in our
+    own report, refusal or :class:`~collapse_probe.models.loading.PartialLoadWarning`.
+    """
     logging = transformers.utils.logging
-    enabled = logging.is_progress_bar_enabled()
+    enabled, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()
+    logging.set_verbosity_error()
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         if enabled:
             logging.enable_progress_bar()
+
+
+def broadcast_pixel_stats(processor: Any, channels: int = 3) -> list[str]:
+    """A scalar ``image_mean`` / ``image_std`` of ``processor`` becomes one value per channel, in place.
+
+    ``preprocessor_config.json`` may hold ``"image_mean": 0.5``; transformers normalises with it
+    as ``[0.5] * channels``, so the processor is given that list. Returns a note per value changed.
+
+    >>> from types import SimpleNamespace as P
+    >>> processor = P(image_mean=0.5, image_std=[0.2, 0.3, 0.4])
+    >>> broadcast_pixel_stats(processor), processor.image_mean
+    (['image_mean 0.5 of preprocessor_config.json applied to each of the 3 channels'], [0.5, 0.5, 0.5])
+    """
+    notes = []
+    for name in ("image_mean", "image_std"):
+        value = getattr(processor, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(processor, name, [float(value)] * channels)
+            notes.append(f"{name} {value} of {PROCESSOR_CONFIG} applied to each of the {channels} channels")
+    return notes
 
 
 def processor_size(processor: Any) -> int | None:
@@ -217,23 +243,32 @@ def load_hf_folder(path: str | os.PathLike, *, trust_checkpoint: bool = False,
         kwargs["mask_ratio"] = 0.0
         notes.append("ViT-MAE loaded with mask_ratio=0: every patch is encoded (no random masking)")
     with offline(), _quiet_transformers(transformers):
-        try:
-            model, info = transformers.AutoModel.from_pretrained(str(folder), output_loading_info=True, **kwargs)
-        except (OSError, ValueError, KeyError) as error:
+        try:  # shape mismatches are reported by us below, in one line, instead of raised
+            model, info = transformers.AutoModel.from_pretrained(str(folder), output_loading_info=True,
+                                                                 ignore_mismatched_sizes=True, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise CollapseProbeError(f"{folder}: transformers cannot load it ({_first_line(error)})") from None
         image_processor = tokenizer = None
         if (folder / PROCESSOR_CONFIG).is_file():
             image_processor = transformers.AutoImageProcessor.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=bool(shipped))
+            notes += broadcast_pixel_stats(image_processor, int(config.get("num_channels", 3)))
         if any((folder / name).is_file() for name in TOKENIZER_FILES):
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=bool(shipped))
     missing = tuple(sorted(info.get("missing_keys", ())))
-    mismatched = tuple(sorted(str(k) for k in info.get("mismatched_keys", ())))
+    mismatched = _mismatched(model, info.get("mismatched_keys", ()))
+    if mismatched and not allow_partial:
+        name, in_file, wanted = mismatched[0]
+        raise CollapseProbeError(
+            f"{folder}: the weights do not fit {CONFIG}: {name} is {in_file} in the weights but the config makes it "
+            f"{wanted} ({len(mismatched)} tensors differ in shape; a config.json of another model size?). Pass "
+            "--allow-partial (allow_partial=True) to probe with those tensors random anyway")
     unexpected = tuple(sorted(info.get("unexpected_keys", ())))
     harmless = tuple(k for k in missing if k.startswith(HARMLESS_MISSING_PREFIXES))
     missing = tuple(k for k in missing if k not in harmless)
-    random_parts = missing + mismatched
+    mismatched_keys = tuple(f"{name} {in_file} vs {wanted}" for name, in_file, wanted in mismatched)
+    random_parts = missing + mismatched_keys
     if random_parts and not allow_partial:
         raise CollapseProbeError(f"{folder}: {len(random_parts)} of {type(model).__name__}'s tensors are not in the "
                                  f"weights ({', '.join(random_parts[:3])}) and would stay random. Pass "
@@ -249,11 +284,22 @@ def load_hf_folder(path: str | os.PathLike, *, trust_checkpoint: bool = False,
     if tokenizer is not None:
         notes.append(f"texts tokenised by {type(tokenizer).__name__} from the folder")
     report = {"kind": "Hugging Face folder", "arch": type(model).__name__, "arch_library": "transformers",
-              "n_loaded": n_expected - len(missing) - len(harmless), "n_expected": n_expected, "missing_keys": missing,
-              "unexpected_keys": unexpected, "mismatched_keys": mismatched,
+              "n_loaded": n_expected - len(missing) - len(harmless) - len(mismatched), "n_expected": n_expected,
+              "missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched_keys,
               "unexpected_backbone_keys": (), "notes": tuple(notes)}
     return {"model": model, "report": report, "image_size": processor_size(image_processor) if image_processor else None,
             "image_processor": image_processor, "tokenizer": tokenizer}
+
+
+def _mismatched(model: Any, found: Any) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """transformers' ``mismatched_keys`` as ``(name, shape in the weights, shape the config wants)``, in model order."""
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    order = {name: i for i, name in enumerate(shapes)}
+    rows = []
+    for entry in found:  # (key, shape in the file, shape of the model) in transformers 4.40 to 5.x
+        name, in_file, wanted = entry if isinstance(entry, (tuple, list)) and len(entry) == 3 else (entry, (), None)
+        rows.append((str(name), tuple(in_file), tuple(wanted) if wanted is not None else shapes.get(str(name), ())))
+    return sorted(rows, key=lambda row: (order.get(row[0], len(order)), row[0]))
 
 
 def _first_line(error: BaseException) -> str:

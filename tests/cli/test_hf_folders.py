@@ -329,3 +329,56 @@ def test_trust_checkpoint_runs_the_folders_own_model_code(invoke, bert_folder, t
     plain_values = np.array((plain["layers"][layer] if layer else plain)["eigenvalues"])
     half_values = np.array((half["layers"][layer] if layer else half)["eigenvalues"])
     np.testing.assert_allclose(half_values, plain_values / 4, rtol=0, atol=1e-9 * plain_values[0])
+
+
+def _edit_json(path, **changes):
+    document = json.loads(path.read_text())
+    document.update(changes)
+    path.write_text(json.dumps(document))
+
+
+def test_a_scalar_image_mean_and_std_apply_to_every_channel(invoke, image_folder, tmp_path):
+    """preprocessor_config.json with "image_mean": 0.5, "image_std": 0.25 (issue 17 item 10): the
+    processor's own pipeline, and --image-size's transform with (x / 255 - 0.5) / 0.25 on each channel."""
+    folder = _dino_folder(tmp_path / "dino")
+    _edit_json(folder / "preprocessor_config.json", image_mean=0.5, image_std=0.25)
+    images = _readable_images(image_folder)
+    code, out, err = invoke(["spectrum", folder, "--data", image_folder, "--out", tmp_path / "o", *QUIET])
+    assert code == 0, err
+    report = json.loads(out)
+    assert any(n.startswith("image_mean 0.5 of preprocessor_config.json applied to each of the 3 channels")
+               for n in report["source"]["load"]["notes"])
+    as_lists = transformers.BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 24, "width": 24},
+                                              image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    expected = _numpy_eigenvalues(folder, as_lists(images=images, return_tensors="pt")["pixel_values"])
+    np.testing.assert_allclose(report["layers"]["output"]["eigenvalues"], expected, rtol=0, atol=1e-5 * expected[0])
+
+    code, out, err = invoke(["spectrum", folder, "--data", image_folder, "--image-size", "32", "--out", tmp_path / "o2",
+                             *QUIET])
+    assert code == 0, err
+    prepare = T.Compose([T.Resize(36, interpolation=T.InterpolationMode.BILINEAR, antialias=True), T.CenterCrop(32),
+                         T.PILToTensor()])
+    x = (torch.stack([prepare(image) for image in images]).double() / 255 - 0.5) / 0.25
+    expected = _numpy_eigenvalues(folder, x.float())
+    np.testing.assert_allclose(json.loads(out)["layers"]["output"]["eigenvalues"], expected, rtol=0,
+                               atol=1e-5 * expected[0])
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line_naming_the_first_tensor(invoke, image_folder, tmp_path):
+    """Saved with an MLP of 64 (mlp_ratio 4), config.json edited to mlp_ratio 2 (issue 17 item 10):
+    exit 2 naming the tensor and both shapes, nothing from transformers' own load report; with
+    --allow-partial the probe runs and the warning names what stays random."""
+    folder = _dino_folder(tmp_path / "dino")
+    _edit_json(folder / "config.json", mlp_ratio=2)
+    code, out, err = invoke(["spectrum", folder, "--data", image_folder, "--out", tmp_path / "o", *QUIET])
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("Error: ") and "do not fit config.json" in line
+    assert "encoder.layer.0.mlp.fc1.weight is (64, 16) in the weights but the config makes it (32, 16)" in line
+    assert "3 tensors differ in shape" in line and "--allow-partial" in line
+    code, out, err = invoke(["spectrum", folder, "--data", image_folder, "--allow-partial", "--out", tmp_path / "o",
+                             *QUIET])
+    assert code == 0, err
+    assert "3 shape-mismatched keys (encoder.layer.0.mlp.fc1.weight (64, 16) vs (32, 16)" in err
+    load = json.loads(out)["source"]["load"]
+    assert load["partial"] is True and (load["n_loaded"], load["n_expected"]) == (22, 25)
