@@ -103,6 +103,26 @@ def batch_mask(batch: Any) -> torch.Tensor | None:
     return None
 
 
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def batch_labels(batch: Any) -> torch.Tensor | None:
+    """The batch's (B,) integer class labels: element 1 of an ``(x, y)`` tuple/list, or a dict's
+    ``label`` / ``labels`` / ``target`` / ``targets`` / ``y``; None when it carries none.
+
+    >>> batch_labels((torch.zeros(2, 3), torch.tensor([4, 1]))).tolist(), batch_labels(torch.zeros(2, 3))
+    ([4, 1], None)
+    """
+    found = None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        found = batch[1]
+    elif isinstance(batch, Mapping):
+        found = next((batch[key] for key in LABEL_KEYS if key in batch), None)
+    if isinstance(found, torch.Tensor) and found.ndim == 1 and not found.is_floating_point():
+        return found
+    return None
+
+
 def to_device(value: Any, device: torch.device) -> Any:
     """Move tensors, and tensors inside tuples, lists and dicts, to ``device``."""
     if isinstance(value, torch.Tensor):

@@ -79,7 +79,7 @@ def lidar(model: nn.Module, loader: Iterable, options: ProbeOptions | None = Non
                 raise CollapseProbeError(f"LiDAR batches hold (batch, views={views}, ...) inputs; got {shape}")
             return (x.to(device, non_blocking=True).flatten(0, 1),), {}, None
 
-        def fold(outputs: dict[str, list[torch.Tensor]], samples_left: float) -> int:
+        def fold(outputs: dict[str, list[torch.Tensor]], samples_left: float, _batch: Any) -> int:
             samples = 0
             for name, calls in outputs.items():
                 if len(calls) > 1 and options.repeated_calls == "error":

@@ -32,11 +32,12 @@ from collapse_probe.probe.capture import (
     resolve_modules,
 )
 from collapse_probe.probe.options import ProbeOptions
+from collapse_probe.probe.tokens import resolve_prefix_tokens, token_rows
 
 OUTPUT = "<output>"
 
-#: ``fold(outputs, rows_left) -> rows used``: outputs maps each key to its calls' (B, D) rows
-Fold = Callable[[dict[str, list[torch.Tensor]], float], int]
+#: ``fold(outputs, rows_left, batch) -> rows used``: outputs maps each key to its calls' (R, D) rows
+Fold = Callable[[dict[str, list[torch.Tensor]], float, Any], int]
 
 
 def check_input(x: Any, model: nn.Module) -> None:
@@ -71,6 +72,8 @@ class Forward:
         self.channels_first = {name: is_channels_first(m) for name, m in self.modules.items()}
         self.channels_first[OUTPUT] = is_channels_first(model)
         self.captured: dict[str, list[torch.Tensor]] = {}
+        self.owners: dict[str, list[torch.Tensor | None]] = {}  # token rows: each row's input in the batch
+        self.prefix = resolve_prefix_tokens(model, options.tokens, options.prefix_tokens)
         self.masked: set[str] = set()  # layers whose tokens were pooled over an attention mask
         self.pooled: dict[str, str] = {}  # layers whose outputs had more than two axes: how they were pooled
         self.calls_seen: dict[str, int] = {}  # the most calls per forward of each layer
@@ -80,15 +83,24 @@ class Forward:
         where = f"layer {name!r}" if name != OUTPUT else "the model output"
         fn = self.options.output_fn
         tensor = pick_tensor(output if fn is None else fn(output), where, first_of_tuple=self.first_of_tuple[name])
-        if isinstance(tensor, torch.Tensor) and tensor.ndim > 2:
-            self.pooled[name] = self.options.pool
+        owner = None
         if isinstance(tensor, torch.Tensor) and tensor.ndim == 3 and self.channels_first[name]:
             tensor = tensor.transpose(1, 2)  # (B, C, L) of a 1-d convolution: C is the feature axis
             self.pooled[name] = f"{self.options.pool} over L of (B, C, L)"
-        elif self.mask is not None and isinstance(tensor, torch.Tensor) and tensor.ndim == 3:
-            if self.options.pool in ("avg", "max"):
-                self.masked.add(name)
-        self.captured.setdefault(name, []).append(pool_output(tensor, self.options.pool, where, mask=self.mask))
+        if self.options.tokens is not None:
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (3, 4):
+                shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise CollapseProbeError(f"tokens={self.options.tokens!r} needs (B, T, D) tokens or (B, C, H, W) "
+                                         f"maps; {where} gives {shape}: drop tokens (one row per input)")
+            rows, owner = token_rows(tensor, self.options.tokens, self.prefix, self.mask, where)
+        else:
+            if isinstance(tensor, torch.Tensor) and tensor.ndim > 2:
+                self.pooled.setdefault(name, self.options.pool)
+                if self.mask is not None and tensor.ndim == 3 and self.options.pool in ("avg", "max"):
+                    self.masked.add(name)
+            rows = pool_output(tensor, self.options.pool, where, mask=self.mask)
+        self.captured.setdefault(name, []).append(rows)
+        self.owners.setdefault(name, []).append(owner)
 
     @contextlib.contextmanager
     def hooked(self) -> Iterator[Any]:
@@ -100,7 +112,7 @@ class Forward:
         """One forward: ``{key: [rows of each call]}`` (key: a module name, or OUTPUT)."""
         self.mask = mask
         counts.start_forward()
-        self.captured = {}
+        self.captured, self.owners = {}, {}
         dtype = self.options.autocast_dtype
         autocast = contextlib.nullcontext() if dtype is None else torch.autocast(device_type=self.device.type, dtype=dtype)
         with autocast:
@@ -127,7 +139,7 @@ def stream(forward: Forward, loader: Iterable, prepare: Callable[[Any], tuple[tu
             args, kwargs, mask = prepare(batch)
             if batches == 0 and args:
                 check_input(args[0], forward.model)
-            remaining -= fold(forward.run(counts, args, kwargs, mask), remaining)
+            remaining -= fold(forward.run(counts, args, kwargs, mask), remaining, batch)
             batches += 1
     return batches
 

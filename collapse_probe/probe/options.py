@@ -20,7 +20,9 @@ import torch
 
 from collapse_probe._utils.ranks import rank, world_size
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.metrics.classes import DEFAULT_CLASS_BUDGET
 from collapse_probe.probe.capture import POOLS
+from collapse_probe.probe.tokens import TOKEN_ROWS
 
 PRECISIONS: dict[str | None, torch.dtype | None] = {
     None: None, "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -66,6 +68,23 @@ class ProbeOptions:
             model is moved back afterwards. Under torchrun a bare ``"cuda"`` is this process's
             GPU (``cuda:LOCAL_RANK``).
         progress: a progress bar on stderr (rank 0 only).
+        tokens: what a row is for (B, T, D) token outputs and (B, C, H, W) maps. ``None``
+            (default): one row per input, by ``pool``. ``"all"``: every token (every spatial
+            position of a map) is a row, padding excluded by the attention mask; ``"patch"``: patch
+            tokens only; ``"prefix"``: prefix tokens only (CLS + registers). ``n_samples`` then
+            counts tokens, and the result's ``extra["token_norms"]`` says how their norms spread.
+        prefix_tokens: how many prefix tokens the outputs start with; ``None``: what the model
+            says (timm's ``num_prefix_tokens``, torchvision's class token, a Hugging Face model's
+            CLS / register / distillation tokens); a model that says nothing is refused for
+            ``"patch"`` / ``"prefix"``.
+        per_class: also one spectrum per class label of the batches ((x, y) tuples, a dict's
+            ``label`` / ``labels``), beside the pooled one, in the same pass: the result is then a
+            :class:`~collapse_probe.results.classes.ClassSpectra` per layer. K d^2 floats: refused up
+            front over ``class_memory_budget``.
+        class_scatter: within- and between-class covariance spectra and NC1 (Papyan et al. 2020)
+            in O(d^2 + K d) memory, for any number of classes (``ClassSpectra.scatter``).
+        classes: with ``per_class``, the labels to keep a spectrum for (default: all).
+        class_memory_budget: bytes the per-class state may take (default 4 GiB).
 
     >>> ProbeOptions(pool="cls", center=False).replace(max_samples=100).max_samples
     100
@@ -88,6 +107,12 @@ class ProbeOptions:
     repeated_calls: str = "error"
     device: torch.device | str | None = None
     progress: bool = True
+    tokens: str | None = None
+    prefix_tokens: int | None = None
+    per_class: bool = False
+    class_scatter: bool = False
+    classes: tuple[int, ...] | None = None
+    class_memory_budget: int = DEFAULT_CLASS_BUDGET
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -104,6 +129,14 @@ class ProbeOptions:
         if self.layers is not None and not isinstance(self.layers, str) and len(self.layers) == 0:
             raise CollapseProbeError(
                 "layers is empty: name at least one module, or pass layers=None for the model output")
+        if self.tokens not in TOKEN_ROWS:
+            raise CollapseProbeError(f"unknown tokens {self.tokens!r}; use all, patch or prefix (or None: one row "
+                                     "per input)")
+        if self.prefix_tokens is not None and int(self.prefix_tokens) < 0:
+            raise CollapseProbeError(f"prefix_tokens must be >= 0, got {self.prefix_tokens}")
+        if self.labelled and (self.groups is not None or self.repeated_calls == "each"):
+            raise CollapseProbeError("per_class / class_scatter cannot be combined with groups or "
+                                     "repeated_calls='each'")
         names = self.module_names()
         if len(set(names)) != len(names):
             raise CollapseProbeError(f"layers contains duplicates: {names}")
@@ -150,6 +183,11 @@ class ProbeOptions:
         return self.layers is None or isinstance(self.layers, str)
 
     @property
+    def labelled(self) -> bool:
+        """Whether the probe reads class labels (``per_class`` or ``class_scatter``)."""
+        return self.per_class or self.class_scatter
+
+    @property
     def autocast_dtype(self) -> torch.dtype | None:
         return PRECISIONS[self.precision]
 
@@ -170,7 +208,8 @@ class ProbeOptions:
         return {"pool": self.pool, "center": self.center, "normalize": self.normalize,
                 "precision": self.precision or "fp32", "max_samples": self.max_samples,
                 "skip_nonfinite": self.skip_nonfinite, "groups": self.groups,
-                "repeated_calls": self.repeated_calls}
+                "repeated_calls": self.repeated_calls, "tokens": self.tokens, "prefix_tokens": self.prefix_tokens,
+                "per_class": self.per_class, "class_scatter": self.class_scatter}
 
 
 FIELDS = tuple(field.name for field in dataclasses.fields(ProbeOptions))
