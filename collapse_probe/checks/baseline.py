@@ -91,7 +91,7 @@ def check_comparable(spectra: Mapping[str, Spectrum], baseline: Mapping[str, Spe
     if problems:
         raise CollapseProbeError(
             "; ".join(problems) + ": a drop is only meaningful between spectra of the same conventions and "
-            "dimension; probe both the same way (--normalize/--no-normalize, the same --layer)"
+            "dimension; probe both the same way (--center/--no-center, --normalize/--no-normalize, the same --layer)"
         )
     return pairs
 

@@ -133,10 +133,16 @@ def test_a_baseline_of_other_conventions_or_dimension_is_refused(tmp_path, model
                                    tmp_path / "normalized" / "spectrum.json", "--max-drop", "0.1", *_reports(tmp_path)])
     line = ("baseline 'wide' was made with normalize=True, this run with normalize=False: a drop is only meaningful "
             "between spectra of the same conventions and dimension; probe both the same way "
-            "(--normalize/--no-normalize, the same --layer)")
+            "(--center/--no-center, --normalize/--no-normalize, the same --layer)")
     assert (code, stdout, stderr.strip()) == (2, "", f"Error: {line}")
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["verdict"], report["reason"]) == ("error", line)
+    code, _, _ = invoke(["spectrum", net, *DIGITS, "--layer", "wide", "--no-center", "--out", tmp_path / "uncentred"])
+    assert code == 0
+    code, _, stderr = invoke(["check", net, *DIGITS, "--layer", "wide", "--baseline",
+                              tmp_path / "uncentred" / "spectrum.json", "--max-drop", "0.1"])
+    assert code == 2 and stderr.startswith("Error: baseline 'wide' was made with center=False, ddof=0, this run with "
+                                           "center=True, ddof=1: ")
     z = torch.as_tensor(np.random.default_rng(0).standard_normal((3000, 32)))
     files = {name: write_outputs(ProbeResult({"embedding": s}), tmp_path / name)["json"] for name, s in {
         "centred": Spectrum.from_embeddings(z, layer="embedding"),
