@@ -7,6 +7,10 @@ Files written by :func:`write_outputs` (``collapse-probe spectrum --out DIR``):
   :meth:`Spectrum.save` file;
 * ``spectrum.csv``: :func:`collapse_probe.to_frame`, one row per layer;
 * ``spectrum.png``: :func:`collapse_probe.results.plot.plot_layers`, one panel per layer, titled with its role.
+
+Every file is written atomically (:mod:`collapse_probe._utils.files`: a temporary file in the same
+folder, then ``os.replace``): a run killed while writing leaves the previous file or the new one,
+never half of one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from collapse_probe._utils.files import atomic_path, atomic_write_text
 from collapse_probe.data.images import describe_error
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.models.loading import LoadReport
@@ -50,16 +55,28 @@ class ProbeResult:
 
 def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relative: bool = False,
                      roles: Mapping[str, str] | None = None) -> dict[str, Path]:
-    """Write ``compare.png`` (one overlay plot), ``compare.csv`` and ``compare.json`` into ``out``."""
+    """Write ``compare.png`` (one overlay plot), ``compare.csv`` and ``compare.json`` into ``out``, each atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"png": out / "compare.png", "csv": out / "compare.csv", "json": out / "compare.json"}
     ax = plot_spectra(spectra, relative=relative, roles=roles)
-    ax.figure.savefig(paths["png"], dpi=120)
-    to_frame(spectra).to_csv(paths["csv"])
+    _save_figure(ax.figure, paths["png"])
+    _save_csv(spectra, paths["csv"])
     document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in spectra.items()}, "roles": dict(roles or {}), "source": {}}
-    paths["json"].write_text(json.dumps(json_safe(document), indent=1))
+    atomic_write_text(paths["json"], json.dumps(json_safe(document), indent=1))
     return paths
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    """``figure.savefig`` atomically; the format from ``path``'s suffix (the temporary name has none)."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
+
+
+def _save_csv(spectra: Mapping[str, Spectrum], path: Path) -> None:
+    """:func:`to_frame` as CSV, atomically."""
+    with atomic_path(path) as temporary:
+        to_frame(spectra).to_csv(temporary)
 
 
 # ----------------------------------------------------------------------------- files
@@ -96,19 +113,19 @@ def is_spectrum_file(path: str | Path) -> bool:
 
 
 def write_outputs(result: ProbeResult, out: str | Path, *, stem: str = "spectrum") -> dict[str, Path]:
-    """Write ``{stem}.json``, ``{stem}.csv`` and ``{stem}.png`` into ``out``; returns their paths."""
+    """Write ``{stem}.json``, ``{stem}.csv`` and ``{stem}.png`` into ``out``, each atomically; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(json_safe(spectra_document(result)), indent=1))
-    to_frame(result.spectra).to_csv(paths["csv"])
+    atomic_write_text(paths["json"], json.dumps(json_safe(spectra_document(result)), indent=1))
+    _save_csv(result.spectra, paths["csv"])
     write_plot(result.spectra, paths["png"], result.roles)
     return paths
 
 
 def write_plot(spectra: Mapping[str, Spectrum], path: str | Path, roles: Mapping[str, str] | None = None) -> Path:
-    """The paper's sorted log-spectrum plot, one panel per layer titled with its role, saved to ``path``."""
-    plot_layers(spectra, roles).savefig(path, dpi=120)
+    """The paper's sorted log-spectrum plot, one panel per layer titled with its role, saved atomically to ``path``."""
+    _save_figure(plot_layers(spectra, roles), Path(path))
     return Path(path)
 
 
