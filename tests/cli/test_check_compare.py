@@ -101,7 +101,7 @@ def test_compare_probes_checkpoints_in_one_pass(tmp_path, checkpoints, image_fol
 
     calls = []
     real = pipeline.spectrum
-    monkeypatch.setattr(pipeline, "spectrum", lambda *a, **k: calls.append(k["layers"]) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "spectrum", lambda *a, **k: calls.append(a[2].module_names()) or real(*a, **k))
     (healthy, h), _ = healthy_and_collapsed
     code, stdout, stderr = invoke(["compare", checkpoints["pt"], checkpoints["safetensors"], healthy,
                                    "--arch", "resnet18", "--data", image_folder, "--out", tmp_path / "cmp",
