@@ -18,6 +18,7 @@ from torch import nn
 
 from collapse_probe._utils.devices import parse_device
 from collapse_probe.data.text import is_text_data
+from collapse_probe.embeddings.pairing import refuse_unpaired_embedding_sets
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.models.loading import LoadedEncoder, load_encoder_with_report
 from collapse_probe.pipeline.data import (
@@ -230,13 +231,15 @@ def compare_sources(sources: Sequence[str | Path], config: ProbeConfig | None,
     checkpoints = [s for s in sources if not is_spectrum_file(s)]
     if checkpoints and config is None:
         raise CollapseProbeError("checkpoints need --data DIR (or builtin:NAME) to be probed")
+    files = {str(s): load_spectra(s) for s in sources if is_spectrum_file(s)}
+    refuse_unpaired_embedding_sets(files)  # embedding sets: the same rows (and ids), before any probing
     results = probe_checkpoints(checkpoints, config, archs) if checkpoints else []
     probed = iter(results)
     names = [Path(s).name for s in sources]
     spectra: dict[str, Spectrum] = {}
     roles: dict[str, str] = {}
     for source, name in zip(sources, names, strict=True):
-        result = load_spectra(source) if is_spectrum_file(source) else next(probed)
+        result = files[str(source)] if is_spectrum_file(source) else next(probed)
         label = str(source) if names.count(name) > 1 else name
         for layer, s in result.spectra.items():
             spectra[f"{label}:{layer}"] = s
