@@ -118,6 +118,25 @@ pool = click.option(
     help="How a layer's output becomes one row per input: (B, C, H, W) maps by avg / max over H, W or "
          "flatten; (B, T, D) tokens by avg / max over T (real tokens only, with a tokenizer's "
          "attention mask) or cls (token 0). (B, C, L) outputs of 1-d convolutions pool L.")
+tokens = click.option(
+    "--tokens", type=click.Choice(["all", "patch", "prefix"]), default=None,
+    help="One row per token instead of one per image/text: every token (padding excluded; every spatial "
+         "position of a CNN map), patch tokens only, or prefix tokens only (CLS + registers). The table then "
+         "says how the token norms spread (artifact tokens). E.g. --layer encoder --tokens patch on a ViT.")
+prefix_tokens = click.option(
+    "--prefix-tokens", type=click.IntRange(min=0), default=None, metavar="N",
+    help="Prefix tokens (CLS + registers) the token outputs start with [default: what the model says: timm's "
+         "num_prefix_tokens, torchvision's class token, a Hugging Face model's CLS/register tokens].")
+per_class = click.option(
+    "--per-class", is_flag=True,
+    help="Also one spectrum per class (an image folder's class sub-folders, a built-in set's labels) beside "
+         "the pooled one, the worst class named; K d^2 memory, refused over --class-memory-budget.")
+class_scatter = click.option(
+    "--class-scatter", is_flag=True,
+    help="Within- and between-class spectra and NC1 (Papyan et al. 2020), O(d^2 + K d) memory: any number of classes.")
+class_memory_budget = click.option(
+    "--class-memory-budget", type=click.FloatRange(min=0.001), default=4.0, show_default=True, metavar="GiB",
+    help="Memory the per-class spectra may take (16 d^2 bytes per class).")
 center = click.option("--center/--no-center", default=True, show_default=True,
                       help="Subtract the mean (the paper's covariance); --no-center: the raw second moment.")
 normalize = click.option("--normalize/--no-normalize", default=False, show_default=True,
@@ -143,8 +162,8 @@ quiet = click.option("--quiet", "-q", is_flag=True,
                           "a checkpoint loaded with --allow-partial is partly random, and says so even when quiet.")
 
 #: What a probe measures (ProbeOptions), the same flags on every command that probes.
-measure_options = _stack(layer, pool, center, normalize, precision, max_samples, skip_nonfinite, groups,
-                         repeated_calls, device)
+measure_options = _stack(layer, pool, tokens, prefix_tokens, center, normalize, precision, max_samples,
+                         skip_nonfinite, groups, repeated_calls, per_class, class_scatter, class_memory_budget, device)
 #: How the data is read (DataConfig) and a checkpoint loaded.
 _read_options = _stack(batch_size, workers, image_size, resize, strict, trust_checkpoint, allow_partial)
 _probe_rest = _stack(measure_options, _read_options)
@@ -171,6 +190,8 @@ def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeCon
         normalize=values["normalize"], precision=None if values["precision"] == "fp32" else values["precision"],
         max_samples=values["max_samples"], skip_nonfinite=values["skip_nonfinite"], groups=values["groups"],
         repeated_calls=values["repeated_calls"], device=values["device"], progress=not quiet_run,
+        tokens=values["tokens"], prefix_tokens=values["prefix_tokens"], per_class=values["per_class"],
+        class_scatter=values["class_scatter"], class_memory_budget=int(values["class_memory_budget"] * 2**30),
     )
     return ProbeConfig(data=data_config, options=measured, arch=values["arch"],
                        trust_checkpoint=values["trust_checkpoint"], allow_partial=values["allow_partial"])
@@ -178,7 +199,8 @@ def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeCon
 
 PROBE_KEYS = ("data", "arch", "layers", "batch_size", "workers", "device", "precision", "image_size", "resize",
               "max_samples", "pool", "center", "normalize", "repeated_calls", "strict", "skip_nonfinite", "groups",
-              "trust_checkpoint", "allow_partial")
+              "trust_checkpoint", "allow_partial", "tokens", "prefix_tokens", "per_class", "class_scatter",
+              "class_memory_budget")
 
 
 def split_probe_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

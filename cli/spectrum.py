@@ -30,8 +30,11 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
       collapse-probe spectrum nan_prone.pt --arch resnet18 --data val/ --skip-nonfinite
       collapse-probe spectrum dinov2_folder/ --data val/          # a save_pretrained folder
       collapse-probe spectrum bert_folder/ --data sentences.txt  # one text per line
+      collapse-probe spectrum vit_b_16.pth --arch vit_b_16 --data val/ --layer encoder --tokens patch
+      collapse-probe spectrum run/checkpoint.pt --data imagenet/val --per-class --class-scatter
     """
     from collapse_probe.pipeline.checkpoints import probe_checkpoint
+    from collapse_probe.results.notes import class_table, token_norm_notes
     from collapse_probe.pipeline.outputs import (
         format_table,
         json_report,
@@ -52,6 +55,8 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
         click.echo(json_report(result))
     elif not quiet:
         click.echo(format_table(result.spectra, result.roles))
+        for line in [*token_norm_notes(result.spectra), *([class_table(result.classes)] if result.classes else [])]:
+            click.echo(line)
     if not quiet:
         for note in [*nonfinite_notes(result.spectra), *sample_limit_notes(result.spectra, "texts" if "n_texts" in result.source else "images")]:
             click.echo(f"Warning: {note}", err=True)

@@ -15,7 +15,7 @@ count and how the checkpoint was loaded.
 Source: `ckpt.pt`
 <BLANKLINE>
 | check | layer | value | required | result | samples |
-|---|---|---|---|---|---|
+|:--|:--|--:|--:|--:|--:|
 | min-effective-rank | fc | 3.9... | >= 2 | ✅ pass | 500 |
 <BLANKLINE>
 """
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from collapse_probe._utils.files import atomic_write_text
 from collapse_probe.checks.reports import refused_line
 from collapse_probe.checks.reports import verdict as run_verdict
+from collapse_probe.results.table import render_table
 
 if TYPE_CHECKING:
     from collapse_probe.checks.verdicts import CheckResult, Refusal
@@ -39,25 +40,24 @@ STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 
 def _cell(text: object) -> str:
-    """Table-safe: no pipes or newlines inside a cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """One line: no newlines inside a Markdown paragraph."""
+    return str(text).replace("\n", " ")
 
 
 def _rows(results: Sequence[CheckResult], refusals: Sequence[Refusal], spectra: Mapping[str, Spectrum]) -> list[str]:
     """The table: one row per judged check, then one per bound that cannot be judged."""
-    lines = ["| check | layer | value | required | result | samples |", "|---|---|---|---|---|---|"]
+    rows = []
     for r in results:
         op = "<=" if r.check.startswith("max-collapsed") else ">="
-        value = r.detail or f"{r.value:.4g}"
         samples = spectra[r.layer].n_samples if r.layer in spectra else ""
-        mark = "✅ pass" if r.passed else "❌ fail"
-        lines.append(f"| {_cell(r.check)} | {_cell(r.layer)} | {_cell(value)} | {op} {r.bound:.4g} | {mark} | {samples} |")
+        rows.append((r.check, r.layer, r.detail or f"{r.value:.4g}", f"{op} {r.bound:.4g}",
+                     "✅ pass" if r.passed else "❌ fail", samples))
     for r in refusals:
         op = "<=" if r.check.startswith("max-collapsed") else ">="
-        required = "" if r.bound is None else f"{op} {r.bound:.4g}"
-        lines.append(f"| {_cell(r.check)} | {_cell(r.layer)} | {r.value:.4g} | {required} | ⚠️ cannot judge | "
-                     f"{r.n_samples} (need {r.needed_samples}) |")
-    return [*lines, ""]
+        rows.append((r.check, r.layer, f"{r.value:.4g}", "" if r.bound is None else f"{op} {r.bound:.4g}",
+                     "⚠️ cannot judge", f"{r.n_samples} (need {r.needed_samples})"))
+    header = ("check", "layer", "value", "required", "result", "samples")
+    return [render_table(header, rows, left=2, style="markdown"), ""]
 
 
 def summary_markdown(
@@ -108,9 +108,8 @@ def summary_markdown(
     if results or refusals:
         lines += _rows(results, refusals, spectra)
     if spectra and (refused or not results):
-        lines += ["| layer | dim | samples | effective rank |", "|---|---|---|---|"]
-        lines += [f"| {_cell(n)} | {s.dim} | {s.n_samples} | {s.effective_rank:.4g} |" for n, s in spectra.items()]
-        lines.append("")
+        rows = [(n, s.dim, s.n_samples, f"{s.effective_rank:.4g}") for n, s in spectra.items()]
+        lines += [render_table(("layer", "dim", "samples", "effective rank"), rows, style="markdown"), ""]
     if load_report:
         lines += ["<details><summary>Load report</summary>", "", "```", load_report.strip(), "```", "", "</details>", ""]
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from collapse_probe.pipeline.data import (
 from collapse_probe.pipeline.outputs import OUTPUT_NAME, ProbeResult, is_spectrum_file, load_spectra
 from collapse_probe.probe.options import ProbeOptions
 from collapse_probe.probe.stream import spectrum
+from collapse_probe.results.classes import ClassSpectra
 from collapse_probe.results.spectrum import Spectrum
 
 
@@ -139,13 +140,15 @@ def _probe_loaded(paths: list[str | Path], loaded: list[LoadedEncoder], config: 
     results = []
     for path, item, plan, group in zip(paths, loaded, plans, keys, strict=True):
         names = list(plan) or [OUTPUT_NAME]
-        spectra = {name: _relabel(solved[key], name) for name, key in zip(names, group, strict=True)}
+        found = {name: solved[key] for name, key in zip(names, group, strict=True)}
+        classes = {name: r for name, r in found.items() if isinstance(r, ClassSpectra)}
+        spectra = {name: _relabel(r.pooled if isinstance(r, ClassSpectra) else r, name) for name, r in found.items()}
         roles = {name: role for name, role in plan.items() if role} or {OUTPUT_NAME: "output"}
         report = _note_preprocessing(item.report, data_source)
         source = {"checkpoint": str(path), "loaded_as": report.kind, "arch": report.arch,
                   **data_source, **config.options.conventions(), "device": str(device),
                   "load": report.to_dict()}
-        results.append(ProbeResult(spectra, roles, source, report))
+        results.append(ProbeResult(spectra, roles, source, report, classes))
     return results
 
 

@@ -29,9 +29,11 @@ from collapse_probe._utils.files import atomic_path, atomic_write_text
 from collapse_probe.data.images import describe_error
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.models.loading import LoadReport
+from collapse_probe.results.classes import ClassSpectra
 from collapse_probe.results.plot import plot_layers, plot_spectra
 from collapse_probe.results.spectrum import FORMAT as SPECTRUM_FORMAT
 from collapse_probe.results.spectrum import Spectrum, json_safe, read_json_file, to_frame
+from collapse_probe.results.table import render_table
 
 SPECTRA_FORMAT = "collapse-probe/spectra-v1"
 OUTPUT_NAME = "output"
@@ -51,6 +53,7 @@ class ProbeResult:
     roles: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     report: LoadReport | None = None
+    classes: dict[str, ClassSpectra] = field(default_factory=dict)  # --per-class / --class-scatter, by layer
 
 
 def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relative: bool = False,
@@ -84,8 +87,12 @@ def _save_csv(spectra: Mapping[str, Spectrum], path: Path) -> None:
 
 def spectra_document(result: ProbeResult) -> dict[str, Any]:
     """The JSON document of a :class:`ProbeResult` (format ``collapse-probe/spectra-v1``)."""
-    return {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in result.spectra.items()},
-            "roles": result.roles, "source": result.source}
+    document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in result.spectra.items()},
+                "roles": result.roles, "source": result.source}
+    if result.classes:
+        document["classes"] = {n: {k: v for k, v in c.to_dict().items() if k != "pooled"}
+                               for n, c in result.classes.items()}
+    return document
 
 
 def json_report(result: ProbeResult) -> str:
@@ -176,7 +183,7 @@ def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | Non
     fc     representation    4  400  ...        0/4           0  ...
     """
     roles = roles or {}
-    rows = [["layer", "role", *(header for _, header in TABLE_COLUMNS)]]
+    rows = []
     for name, s in spectra.items():
         m = s.metrics()
         cells = [name, roles.get(name, "")]
@@ -191,13 +198,7 @@ def format_table(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | Non
             else:
                 cells.append(str(value))
         rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        left = [row[i].ljust(widths[i]) for i in range(2)]
-        right = [row[i].rjust(max(widths[i], len(rows[0][i]))) for i in range(2, len(row))]
-        lines.append("  ".join(left + right).rstrip())
-    return "\n".join(lines)
+    return render_table(["layer", "role", *(header for _, header in TABLE_COLUMNS)], rows, left=2)
 
 
 # ----------------------------------------------------------------------------- embeddings files
