@@ -1,8 +1,9 @@
-"""Pure maths on tensors: moments, eigen-solves and every collapse metric.
+"""Pure maths on tensors: every collapse metric, and the one definition of "numerically zero".
 
-Nothing here holds state; :class:`~collapse_probe.metrics.covariance.CovarianceAccumulator` and
-:class:`~collapse_probe.results.spectrum.Spectrum` call these same functions, so the batch and the
-streaming paths share every formula (the torchmetrics pattern).
+The moments, their merge and the eigen-solve live in :mod:`collapse_probe.functional.moments`.
+Nothing here holds state; :class:`~collapse_probe.results.spectrum.Spectrum` and the accumulators
+call these same functions, so the batch and the streaming paths share every formula (the
+torchmetrics pattern).
 
 Conventions used throughout:
 
@@ -15,92 +16,13 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 RANKME_EPS = 1e-7
 """Garrido et al. (2023) add this to every normalised singular value before the entropy."""
-
-
-def batch_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Count, mean and centred second moment of one batch (two-pass, in ``z``'s dtype).
-
-    Args:
-        z: (B, d) floating tensor.
-
-    Returns:
-        ``(n, mean, m2)``: n a 0-d tensor, mean (d,), ``m2 = (z - mean)^T (z - mean)`` (d, d).
-
-    >>> n, mean, m2 = batch_moments(torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64))
-    >>> int(n), mean.tolist(), m2.tolist()
-    (2, [2.0, 1.0], [[2.0, 2.0], [2.0, 2.0]])
-    """
-    n = torch.tensor(float(z.shape[0]), dtype=z.dtype, device=z.device)
-    mean = z.mean(dim=0)
-    centred = z - mean
-    return n, mean, centred.T @ centred
-
-
-def merge_moments(
-    n_a: torch.Tensor,
-    mean_a: torch.Tensor,
-    m2_a: torch.Tensor,
-    n_b: torch.Tensor,
-    mean_b: torch.Tensor,
-    m2_b: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Parallel (Chan, Golub & LeVeque 1979) merge of two sets of moments.
-
-    ``n = n_a + n_b``; ``delta = mean_b - mean_a``; ``mean = mean_a + delta * n_b / n``;
-    ``M2 = M2_a + M2_b + delta delta^T * n_a n_b / n``. Exact in real arithmetic and, unlike
-    ``E[zz^T] - mu mu^T``, free of cancellation when the mean is large against the spread.
-    Empty sides (n = 0) are handled without a host sync. Per-dimension moments (``m2`` of shape
-    (d,), the diagonal only) merge by the diagonal of the same formula, ``delta^2 n_a n_b / n``: O(d).
-
-    >>> one = torch.tensor(1.0, dtype=torch.float64)
-    >>> n, mean, m2 = merge_moments(one, torch.tensor([1.0]).double(), torch.zeros(1, 1).double(),
-    ...                             one, torch.tensor([3.0]).double(), torch.zeros(1, 1).double())
-    >>> int(n), mean.tolist(), m2.tolist()
-    (2, [2.0], [[2.0]])
-    """
-    n = n_a + n_b
-    safe_n = torch.clamp(n, min=1.0)
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (n_b / safe_n)
-    spread = torch.outer(delta, delta) if m2_a.ndim == 2 else delta * delta
-    m2 = m2_a + m2_b + spread * (n_a * n_b / safe_n)
-    return n, mean, m2
-
-
-def covariance_from_moments(n: torch.Tensor | float, m2: torch.Tensor, ddof: int = 1) -> torch.Tensor:
-    """``C = M2 / (n - ddof)`` (d, d)."""
-    return m2 / (n - ddof)
-
-
-def uncentred_gram(n: torch.Tensor | float, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
-    """``Z^T Z = M2 + n * mean mean^T`` (d, d): the uncentred Gram matrix, recovered exactly.
-
-    A sum of two PSD terms, so no cancellation; its eigenvalues are the squared singular values
-    of the uncentred (N, d) embedding matrix that RankMe uses.
-    """
-    return m2 + torch.outer(mean, mean) * n
-
-
-def symmetric_eigenvalues(matrices: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of symmetric PSD matrices, descending, round-off negatives clamped to 0.
-
-    Args:
-        matrices: (..., d, d) symmetric; a stack is solved in one ``torch.linalg.eigvalsh`` call.
-
-    Returns:
-        (..., d) in the input dtype.
-
-    >>> symmetric_eigenvalues(torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))).tolist()
-    [3.0, 2.0, 1.0]
-    """
-    values = torch.linalg.eigvalsh(matrices)
-    return torch.flip(values, dims=(-1,)).clamp_min(0.0)
 
 
 def _vector(values: torch.Tensor, what: str, function: str) -> torch.Tensor:
@@ -181,41 +103,92 @@ def participation_ratio(eigenvalues: torch.Tensor) -> float:
     return float(eigenvalues.sum()) ** 2 / squares if squares > 0.0 else 0.0
 
 
-def default_rtol(dim: int, input_dtype: torch.dtype) -> float:
-    """Default relative threshold for "numerically zero" covariance eigenvalues.
+FLOAT32_RTOL = float(torch.finfo(torch.float32).eps)
+"""The floor of the default rtol whatever the dtype: 2^-23 = 1.19e-7 of the largest eigenvalue."""
 
-    ``rtol = max(dim * eps_in^2, eps_float32)`` with ``eps_in`` the machine epsilon of the
-    *embeddings'* dtype (not of the float64 accumulator):
 
-    * rounding each coordinate to ``eps_in`` adds noise of variance about ``eps_in^2 * E[z_j^2]``
-      per coordinate, i.e. up to ``dim * eps_in^2 * lambda_max`` on an eigenvalue: nothing below
-      can be told apart from rounding (this floor dominates for bf16 / fp16 embeddings);
-    * networks computed in float32 leave "collapsed" directions near float32 epsilon of the
-      largest, never exactly at zero; a direction below ``1.19e-7 * lambda_max`` carries no
-      usable signal for any downstream linear use (this floor dominates for fp32 / fp64).
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """``u = eps / 2``: rounding to nearest in ``dtype`` moves a normal number x by at most ``u |x|``.
 
-    >>> default_rtol(128, torch.float32)
-    1.1920928955078125e-07
-    >>> round(default_rtol(128, torch.bfloat16), 6)
-    0.007812
+    0 for integer and bool dtypes (exact). bfloat16 2^-8, float16 2^-11, float32 2^-24.
+
+    >>> unit_roundoff(torch.bfloat16), unit_roundoff(torch.float16), unit_roundoff(torch.int64)
+    (0.00390625, 0.00048828125, 0.0)
     """
-    eps_in = torch.finfo(input_dtype).eps if input_dtype.is_floating_point else torch.finfo(torch.float32).eps
-    return max(dim * eps_in**2, torch.finfo(torch.float32).eps)
+    return float(torch.finfo(dtype).eps) / 2 if dtype.is_floating_point else 0.0
+
+
+def rounding_floor(input_dtype: torch.dtype, *, mean_square: float, dim: int, n_samples: int) -> float:
+    """The most variance rounding N (d,)-embeddings to ``input_dtype`` adds to a direction they do not span.
+
+    ``floor = u^2 (m + t^2) (1 + sqrt(d / N))^2``, ``u`` the unit roundoff, ``t`` the dtype's
+    smallest normal number, ``m = mean_ij z_ij^2`` the mean squared entry. Each rounding error obeys
+    ``|e_ij| <= u max(|z_ij|, t)`` (``t`` for float16's subnormals), so errors uncorrelated across
+    coordinates add at most ``u^2 (m + t^2)`` of variance to a typical unit direction
+    (one not concentrated on a few large coordinates); N samples of that noise spread its sample
+    eigenvalues up to the Marchenko-Pastur edge, ``(1 + sqrt(d / N))^2`` times it. Measured:
+    rank-deficient inputs rounded to bfloat16 / float16 put 0.15-0.6 of this into their null
+    directions (docs/metrics.md, "The threshold for collapsed").
+
+    >>> rounding_floor(torch.bfloat16, mean_square=1.0, dim=768, n_samples=3000) / 2.0**-16  # (1 + sqrt(0.256))^2
+    2.2679...
+    """
+    u = unit_roundoff(input_dtype)
+    if u == 0.0:
+        return 0.0
+    tiny = float(torch.finfo(input_dtype).smallest_normal)
+    return u * u * (mean_square + tiny * tiny) * (1.0 + math.sqrt(dim / max(n_samples, 1))) ** 2
+
+
+def default_rtol(dim: int, input_dtype: torch.dtype, *, n_samples: int, mean_square: float, top: float) -> float:
+    """The default relative threshold for "numerically zero": the one definition the library uses.
+
+    A covariance eigenvalue is numerically zero (its direction *collapsed*) when
+    ``lambda_k <= rtol * lambda_1`` (:func:`numerically_zero`), with
+
+    ``rtol = max(eps_float32, rounding_floor(input_dtype, mean_square, dim, n_samples) / lambda_1)``
+
+    * :func:`rounding_floor`: what rounding the embeddings to their dtype alone puts into a
+      direction the data do not span (it dominates for bfloat16 / float16 embeddings);
+    * ``eps_float32 = 1.19e-7``: the floor whatever the dtype (float32 and float64 embeddings).
+
+    Args:
+        dim: d. input_dtype: the embeddings' (least precise) dtype. n_samples: N.
+        mean_square: ``mean_ij z_ij^2`` of the (N, d) embeddings (after L2-normalisation when
+            normalised; including the mean). top: ``lambda_1``, the largest eigenvalue.
+
+    >>> default_rtol(768, torch.float32, n_samples=3000, mean_square=1.0, top=1.0)
+    1.1920928955078125e-07
+    >>> round(default_rtol(768, torch.bfloat16, n_samples=3000, mean_square=1.0, top=1.0), 8)
+    3.461e-05
+    """
+    if top <= 0.0:
+        return FLOAT32_RTOL
+    floor = rounding_floor(input_dtype, mean_square=mean_square, dim=dim, n_samples=n_samples)
+    return max(FLOAT32_RTOL, floor / top)
+
+
+def numerically_zero(eigenvalues: torch.Tensor, rtol: float) -> torch.Tensor:
+    """(d,) bool: ``lambda_k <= rtol * max(lambda)``, the eigenvalues counted as collapsed.
+
+    All true when the largest is 0 (a constant embedding).
+
+    >>> numerically_zero(torch.tensor([1.0, 1e-3, 1e-7, 0.0]), rtol=1e-7).tolist()
+    [False, False, True, True]
+    """
+    eigenvalues = _vector(eigenvalues, "eigenvalues", "numerically_zero")
+    top = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
+    return eigenvalues <= rtol * max(top, 0.0)
 
 
 def numerical_rank(eigenvalues: torch.Tensor, rtol: float) -> int:
-    """Number of eigenvalues strictly above ``rtol * max(eigenvalues)``.
+    """Number of eigenvalues strictly above ``rtol * max(eigenvalues)`` (not :func:`numerically_zero`).
 
     >>> numerical_rank(torch.tensor([1.0, 1e-3, 1e-12]), rtol=1e-7)
     2
     """
     eigenvalues = _vector(eigenvalues, "eigenvalues", "numerical_rank")
-    if eigenvalues.numel() == 0:
-        return 0
-    top = float(eigenvalues.max())
-    if top <= 0.0:
-        return 0
-    return int((eigenvalues > rtol * top).sum())
+    return int((~numerically_zero(eigenvalues, rtol)).sum())
 
 
 class PowerLawFit(NamedTuple):

@@ -1,4 +1,4 @@
-"""Moments: finalised first and second moments of a set of embeddings, and their eigen-solve.
+"""Moments: per-batch moments and their parallel merge, the finalised :class:`Moments`, and their eigen-solve.
 
 The one hand-off between accumulating and solving: :class:`~collapse_probe.metrics.covariance.CovarianceAccumulator`
 (streaming, on the model's device) and :meth:`~collapse_probe.results.spectrum.Spectrum.from_embeddings`
@@ -17,7 +17,56 @@ from dataclasses import dataclass
 import torch
 
 from collapse_probe.errors import CollapseProbeError, NonFiniteEmbeddingError
-from collapse_probe.functional import metrics as cpf
+
+
+def batch_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Count, mean and centred second moment of one batch (two-pass, in ``z``'s dtype).
+
+    Args:
+        z: (B, d) floating tensor.
+
+    Returns:
+        ``(n, mean, m2)``: n a 0-d tensor, mean (d,), ``m2 = (z - mean)^T (z - mean)`` (d, d).
+
+    >>> n, mean, m2 = batch_moments(torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64))
+    >>> int(n), mean.tolist(), m2.tolist()
+    (2, [2.0, 1.0], [[2.0, 2.0], [2.0, 2.0]])
+    """
+    n = torch.tensor(float(z.shape[0]), dtype=z.dtype, device=z.device)
+    mean = z.mean(dim=0)
+    centred = z - mean
+    return n, mean, centred.T @ centred
+
+
+def merge_moments(
+    n_a: torch.Tensor,
+    mean_a: torch.Tensor,
+    m2_a: torch.Tensor,
+    n_b: torch.Tensor,
+    mean_b: torch.Tensor,
+    m2_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Parallel (Chan, Golub & LeVeque 1979) merge of two sets of moments.
+
+    ``n = n_a + n_b``; ``delta = mean_b - mean_a``; ``mean = mean_a + delta * n_b / n``;
+    ``M2 = M2_a + M2_b + delta delta^T * n_a n_b / n``. Exact in real arithmetic and, unlike
+    ``E[zz^T] - mu mu^T``, free of cancellation when the mean is large against the spread.
+    Empty sides (n = 0) are handled without a host sync. Per-dimension moments (``m2`` of shape
+    (d,), the diagonal only) merge by the diagonal of the same formula, ``delta^2 n_a n_b / n``: O(d).
+
+    >>> one = torch.tensor(1.0, dtype=torch.float64)
+    >>> n, mean, m2 = merge_moments(one, torch.tensor([1.0]).double(), torch.zeros(1, 1).double(),
+    ...                             one, torch.tensor([3.0]).double(), torch.zeros(1, 1).double())
+    >>> int(n), mean.tolist(), m2.tolist()
+    (2, [2.0], [[2.0]])
+    """
+    n = n_a + n_b
+    safe_n = torch.clamp(n, min=1.0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / safe_n)
+    spread = torch.outer(delta, delta) if m2_a.ndim == 2 else delta * delta
+    m2 = m2_a + m2_b + spread * (n_a * n_b / safe_n)
+    return n, mean, m2
 
 
 @dataclass(frozen=True)
@@ -93,9 +142,16 @@ def check_moments(moments: Moments) -> None:
         )
 
 
-
 def gram_lower(moments: Moments) -> torch.Tensor:
-    """``Z^T Z = M2 + N mean mean^T`` (d, d), built in one new matrix (lower triangle exact)."""
+    """``Z^T Z = M2 + N mean mean^T`` (d, d), built in one new matrix (lower triangle exact).
+
+    A sum of two PSD terms, so no cancellation; its eigenvalues are the squared singular values
+    of the uncentred (N, d) embedding matrix that RankMe uses.
+
+    >>> m = embedding_moments(torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64))
+    >>> torch.tril(gram_lower(m)).tolist()  # [[1 + 9, .], [0 + 6, 0 + 4]]
+    [[10.0, 0.0], [6.0, 4.0]]
+    """
     gram = moments.m2.clone()
     gram.addr_(moments.mean, moments.mean, alpha=float(moments.count))
     return gram
@@ -105,6 +161,9 @@ def lower_eigenvalues(matrix: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of the symmetric matrix whose lower triangle ``matrix`` holds (..., d, d).
 
     Descending, round-off negatives clamped to 0; one ``eigvalsh(UPLO="L")`` call for a stack.
+
+    >>> lower_eigenvalues(torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))).tolist()
+    [3.0, 2.0, 1.0]
     """
     return torch.flip(torch.linalg.eigvalsh(matrix, UPLO="L"), dims=(-1,)).clamp_min(0.0)
 
@@ -137,8 +196,7 @@ def embedding_moments(
 ) -> Moments:
     """:class:`Moments` of an in-memory (N, d) tensor: two-pass per chunk in float64, Chan-merged.
 
-    Independent of the streaming accumulator (plain ``functional.batch_moments`` +
-    ``functional.merge_moments``), so the two paths check each other in the tests.
+    Independent of the streaming accumulator (plain :func:`batch_moments` + :func:`merge_moments`), so the two paths check each other in the tests.
 
     >>> m = embedding_moments(torch.tensor([[1.0, 0.0], [3.0, 2.0], [2.0, 1.0]]))
     >>> m.count, m.mean.tolist(), torch.tril(m.m2).tolist()
@@ -173,9 +231,9 @@ def embedding_moments(
             chunk = unit
         unit_n = torch.tensor(float(unit.shape[0]), dtype=torch.float64, device=z.device)
         unit_centred = unit - unit.mean(dim=0)  # two-pass per chunk, as the covariance
-        _, unit_mean, unit_m2 = cpf.merge_moments(n, unit_mean, unit_m2, unit_n, unit.mean(dim=0),
+        _, unit_mean, unit_m2 = merge_moments(n, unit_mean, unit_m2, unit_n, unit.mean(dim=0),
                                                   (unit_centred**2).sum(dim=0))
-        n, mean, m2 = cpf.merge_moments(n, mean, m2, *cpf.batch_moments(chunk))
+        n, mean, m2 = merge_moments(n, mean, m2, *batch_moments(chunk))
     return Moments(
         count=int(n), mean=mean, m2=m2, center=center, normalize=normalize,
         ddof=(1 if center else 0) if ddof is None else int(ddof), dtype="float64",

@@ -44,10 +44,11 @@ def scalar_metrics(row: Mapping[str, Any], prefix: str = "collapse") -> dict[str
 
 
 def log_eigenvalues(spectrum: Any) -> np.ndarray:
-    """log10 of the covariance eigenvalues (largest first), floored at 1e-12 x the largest, as
+    """log10 of the covariance eigenvalues (largest first), the numerically zero ones (at or below
+    ``spectrum.collapse_threshold()``, those ``collapsed_dims`` counts) drawn at that threshold, as
     the monitor's plot draws them, so collapsed directions stay finite."""
     eig = spectrum.eigenvalues.double().numpy()
-    floor = max(float(eig.max()) if eig.size else 0.0, 1e-300) * 1e-12
+    floor = spectrum.collapse_threshold() or 1.0  # 0 only for an all-zero spectrum
     return np.log10(np.clip(eig, floor, None))
 
 

@@ -198,9 +198,10 @@ def plot_spectrum_history(history: Sequence[tuple[int, Mapping[str, Any]]]) -> A
 
     ``history`` is ``[(epoch, {name: Spectrum}), ...]``. Lines are coloured by epoch on a
     sequential colormap (dark purple = first, green = last; no pale end that vanishes on white),
-    with a colorbar for the epochs; each panel is titled with its layer. Eigenvalues below
-    1e-12 x the largest are drawn at that floor (said under the x axis), so that numerically
-    collapsed directions stay on the log axis.
+    with a colorbar for the epochs; each panel is titled with its layer. Numerically zero
+    eigenvalues, at or below each probe's ``Spectrum.collapse_threshold()`` (the threshold of
+    its ``collapsed_dims``, as in the table and the row), are drawn at that threshold (said under
+    the x axis), so that collapsed directions stay on the log axis.
     """
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -217,10 +218,11 @@ def plot_spectrum_history(history: Sequence[tuple[int, Mapping[str, Any]]]) -> A
     for ax, name in zip(axes, names, strict=True):
         for epoch, spectra in history:
             eig = spectra[name].eigenvalues.double()
-            eig = eig.clamp_min(max(float(eig.max()), 1e-300) * 1e-12)
+            eig = eig.clamp_min(spectra[name].collapse_threshold() or 1.0)  # 0 only for an all-zero spectrum
             ax.plot(np.arange(1, len(eig) + 1), eig.log10().numpy(), color=cmap(norm(epoch)), lw=1.3)
         ax.set_title(name)
-        ax.set_xlabel("index (sorted, largest first)\nbelow 1e-12 x largest: drawn at that floor", fontsize="small")
+        ax.set_xlabel("index (sorted, largest first)\ncollapsed (at or below the collapse threshold): drawn at it",
+                      fontsize="small")
         ax.set_ylabel("log10 covariance eigenvalue")
         ax.grid(True, alpha=0.3)
     colorbar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="epoch", shrink=0.9)

@@ -11,10 +11,6 @@ if TYPE_CHECKING:
     from collapse_probe.results.spectrum import Spectrum
 
 
-FLOOR = 1e-15
-"""Relative to the largest eigenvalue: below this, float64 round-off (plots draw it there)."""
-
-
 def new_axes(width: float = 6.0, height: float = 4.0) -> Any:
     """A fresh Axes on a pyplot-free Figure (safe in threads, servers and tests)."""
     from matplotlib.figure import Figure
@@ -48,9 +44,11 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
     Several spectra share one Axes for comparison, each with its own colour and line style (so
     identical curves do not hide each other); each legend entry gives the dimension, effective
     rank and number of collapsed dimensions, and the legend sits below the axes, off the data.
-    Eigenvalues below ``FLOOR`` (1e-15) of a spectrum's largest are float64 round-off, exact
-    zeros included: they are drawn at that floor, so a collapsed tail shows as a cliff down to it
-    instead of stretching the axis to 1e-35, and one note under the x axis says how many.
+    The collapsed dimensions are the numerically zero eigenvalues, at or below the spectrum's
+    :meth:`~collapse_probe.results.spectrum.Spectrum.collapse_threshold` (``rtol x`` largest, the
+    one definition the table, JSON and ``check`` use): they are drawn *at* that threshold, so a
+    collapsed tail shows as a cliff down to it instead of stretching the axis to 1e-35, and the
+    legend's count is exactly the curve's points on that floor; one note says so.
 
     A sample-limited spectrum (N samples show only ``max_rank = N - 1 < d`` dimensions) is drawn
     up to ``max_rank``; a dashed vertical line labelled ``N - 1 = ...`` marks where the sample
@@ -74,13 +72,11 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
     limits, at_floor = [], {}
     for i, (name, spectrum) in enumerate(spectra.items()):
         values = spectrum.observed_eigenvalues.numpy().copy()
-        top = values[0] if values.size and values[0] > 0 else 1.0
-        if relative:
-            values, top = values / top, 1.0
-        floor = FLOOR * top
-        below = int((values < floor).sum())
-        if below:
-            at_floor[name] = below
+        scale = values[0] if relative and values.size and values[0] > 0 else 1.0
+        values = values / scale
+        floor = spectrum.collapse_threshold() / scale or 1.0  # 0 only for an all-zero spectrum
+        if spectrum.collapsed_dims():
+            at_floor[name] = (spectrum.collapsed_dims(), spectrum.default_rtol())
         shown = _shorten(name) + (f" ({roles[name]})" if roles.get(name) and len(spectra) > 1 else "")
         label = (f"{shown}\nd={spectrum.dim}, erank {spectrum.effective_rank:.1f}, "
                  f"collapsed {spectrum.collapsed_dims()}")
@@ -115,15 +111,23 @@ def plot_spectra(spectra: Mapping[str, Spectrum], ax: Any = None, *, relative: b
     return ax
 
 
-def _floor_note(at_floor: Mapping[str, int], n_spectra: int) -> str:
-    """The one note that explains the curves drawn at the floor (empty when none are)."""
+def _floor_note(at_floor: Mapping[str, tuple[int, float]], n_spectra: int) -> str:
+    """The one note that explains the points drawn at the floor (empty when there are none).
+
+    ``at_floor``: name -> (collapsed dims, rtol): the numbers the legend and the table report.
+    """
     if not at_floor:
         return ""
+    rtols = {rtol for _, rtol in at_floor.values()}
     if n_spectra == 1:
-        count = next(iter(at_floor.values()))
-        return f"{count} eigenvalue{'s are' if count > 1 else ' is'} numerically zero\n(drawn at the floor, 1e-15 x largest)"
-    counts = ", ".join(f"{_shorten(name, 28)} {count}" for name, count in at_floor.items())
-    return f"numerically zero eigenvalues (drawn at the floor, 1e-15 x largest):\n{counts}"
+        count, rtol = next(iter(at_floor.values()))
+        return (f"{count} eigenvalue{'s are' if count > 1 else ' is'} numerically zero (drawn at the floor:\n"
+                f"the collapse threshold, {rtol:.3g} x largest)")
+    if len(rtols) == 1:
+        counts = ", ".join(f"{_shorten(name, 28)} {count}" for name, (count, _) in at_floor.items())
+        return f"numerically zero eigenvalues (drawn at the floor: the collapse threshold, {rtols.pop():.3g} x largest):\n{counts}"
+    counts = ", ".join(f"{_shorten(name, 28)} {count} (at {rtol:.3g})" for name, (count, rtol) in at_floor.items())
+    return f"numerically zero eigenvalues (drawn at the floor: each one's collapse threshold x largest):\n{counts}"
 
 
 def plot_layers(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None = None, *,

@@ -1,9 +1,13 @@
-"""Spectrum: the immutable result of a probe, its metrics, and its JSON / pandas forms."""
+"""Spectrum: the immutable result of a probe, its metrics, and its JSON / pandas forms.
+
+The JSON document and the table live in :mod:`collapse_probe.results.frame`; :func:`to_frame`,
+:func:`json_safe` and :func:`read_json_file` are re-exported here.
+"""
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,12 +26,19 @@ from collapse_probe.functional.moments import (
     embedding_moments,
     solve_moments,
 )
+from collapse_probe.results.frame import (
+    FORMAT,
+    conventions_row,
+    json_safe,
+    metrics_row,
+    read_json_file,
+    spectrum_document,
+    spectrum_fields,
+    to_frame,
+    write_json_atomically,
+)
 
-FORMAT = "collapse-probe/spectrum-v1"
-
-
-def _as_float64_tensor(values: Any) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values, dtype=np.float64))
+__all__ = ["FORMAT", "Spectrum", "json_safe", "read_json_file", "to_frame"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,10 +96,8 @@ class Spectrum:
     def max_rank(self) -> int:
         """The most non-zero eigenvalues N samples can show: ``min(d, N - 1)`` centred, ``min(d, N)`` not.
 
-        N centred rows sum to zero, so they span at most N - 1 directions; N uncentred rows span at
-        most N. (``ddof`` only divides: it does not change the rank, so ``min(d, N - ddof)`` would
-        be off by one for ``center=True, ddof=0`` and for ``center=False, ddof=1``.) The other
-        ``d - max_rank`` eigenvalues are zero whatever the model does: see ``unobserved_dims``.
+        N centred rows sum to zero, so they span at most N - 1 directions; N uncentred rows at most
+        N (``ddof`` only divides). The other ``d - max_rank`` are zero whatever the model does.
         """
         return max(0, min(self.dim, self.n_samples - int(self.center)))
 
@@ -122,8 +131,13 @@ class Spectrum:
         """(d,) singular values of the (centred, if ``center``) embedding matrix: ``sqrt((N - ddof) * lambda)``."""
         return torch.sqrt(self.eigenvalues * (self.n_samples - self.ddof))
 
+    @property
+    def _top(self) -> float:
+        return float(self.eigenvalues.max()) if self.dim else 0.0
+
     def _input_torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.input_dtype)
+        dtype = getattr(torch, self.input_dtype, None)
+        return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
     # ----------------------------------------------------------- metrics
     @cached_property
@@ -166,11 +180,9 @@ class Spectrum:
 
         ``exp(-sum_k p_k log p_k)``, ``p_k = lambda_k / sum_j lambda_j + eps`` over the ``min(N, d)``
         eigenvalues (reptrix's PCA components, eps 1e-7 on each), the centred covariance when
-        ``center``. It is neither :attr:`rankme` (uncentred singular values) nor
-        :attr:`effective_rank` (square roots of the eigenvalues): the squares sharpen the
-        distribution, so it is lower: 3.7x lower on all-MiniLM-L6-v2 sentence embeddings, 3.5x to
-        23x on power-law spectra ``i^-1`` to ``i^-2`` at d = 512 (docs/metrics.md). ``eps=0`` gives
-        the plain entropy.
+        ``center``. Neither :attr:`rankme` nor :attr:`effective_rank`: the squares sharpen the
+        distribution, so it is lower (3.7x on all-MiniLM-L6-v2, docs/metrics.md). ``eps=0``: the
+        plain entropy.
         """
         return cpf.effective_rank_of_eigenvalues(self.eigenvalues[: min(self.n_samples, self.dim)], eps=eps)
 
@@ -184,26 +196,42 @@ class Spectrum:
         """``(sum lambda)^2 / sum(lambda^2)`` of the covariance eigenvalues."""
         return cpf.participation_ratio(self.observed_eigenvalues)
 
+    # ------------------------------------ numerically zero: the one definition (docs/metrics.md)
+    @cached_property
+    def mean_square(self) -> float:
+        """``mean_ij z_ij^2`` of the embeddings (normalised when ``normalize``), mean included, from the moments."""
+        second = self.variances * ((self.n_samples - self.ddof) / max(self.n_samples, 1))  # E[z_j^2] uncentred
+        if self.center:
+            second = second + self.mean.to(second.dtype) ** 2
+        return float(second.mean()) if second.numel() else 0.0
+
     def default_rtol(self) -> float:
-        """The default threshold of :meth:`numerical_rank`: see ``functional.default_rtol``."""
-        return cpf.default_rtol(self.dim, self._input_torch_dtype())
+        """``max(1.19e-7, u^2 mean_square (1 + sqrt(d / N))^2 / lambda_1)``, u the unit roundoff of ``input_dtype``.
+
+        The most variance rounding the embeddings to their dtype can add to a direction, relative
+        to the largest eigenvalue (``functional.metrics.default_rtol``); 1.19e-7 for float32/64.
+        """
+        return cpf.default_rtol(self.dim, self._input_torch_dtype(), n_samples=self.n_samples,
+                                mean_square=self.mean_square, top=self._top)
+
+    def collapse_threshold(self, rtol: float | None = None) -> float:
+        """``rtol * lambda_1``: eigenvalues at or below it are numerically zero (collapsed); plots draw them at it."""
+        return (self.default_rtol() if rtol is None else rtol) * self._top
 
     def numerical_rank(self, rtol: float | None = None) -> int:
-        """Eigenvalues above ``rtol * lambda_max`` among the ``max_rank`` the samples can show.
+        """Eigenvalues above ``rtol * lambda_1`` (:meth:`collapse_threshold`) among the ``max_rank`` the samples show.
 
-        Default ``rtol = max(d * eps_in^2, 1.19e-7)``, ``eps_in`` the machine epsilon of the
-        embeddings' dtype (``input_dtype``): the floor below which an eigenvalue cannot be told
-        from rounding noise of the inputs or of float32 arithmetic (``functional.default_rtol``).
-        At most ``max_rank``: the ``unobserved_dims`` beyond it are zero but for round-off.
+        Default ``rtol``: :meth:`default_rtol`. At most ``max_rank``: the ``unobserved_dims``
+        beyond it are zero but for round-off.
         """
         return cpf.numerical_rank(self.observed_eigenvalues, self.default_rtol() if rtol is None else rtol)
 
     def collapsed_dims(self, rtol: float | None = None) -> int:
-        """``max_rank - numerical_rank(rtol)``: dimensions the samples show with numerically zero variance.
+        """``max_rank - numerical_rank(rtol)``: the dimensions the samples show at or below :meth:`collapse_threshold`.
 
-        The ``unobserved_dims = d - max_rank`` dimensions that N samples cannot show (N - 1 < d
-        centred) are not counted: they say nothing about the model. ``collapsed_dims +
-        numerical_rank + unobserved_dims = d``.
+        The count the table, JSON, plots, monitor, loggers and ``check`` report. The
+        ``unobserved_dims = d - max_rank`` dimensions that N samples cannot show (N - 1 < d
+        centred) are not counted: ``collapsed_dims + numerical_rank + unobserved_dims = d``.
         """
         return self.max_rank - self.numerical_rank(rtol)
 
@@ -216,32 +244,35 @@ class Spectrum:
 
         ``fit_range`` is 1-based and inclusive; the default fits ranks 1 .. numerical_rank(), so the
         numerically-zero tail does not dominate the fit. Returns NaNs when fewer than two
-        eigenvalues are non-zero.
+        eigenvalues are non-zero. The same as ``power_law(fit_range)``.
         """
-        if fit_range is None:
-            fit_range = (1, self.numerical_rank())
-            if fit_range[1] < 2:
-                return cpf.PowerLawFit(math.nan, math.nan, math.nan, *fit_range)
-        return self.power_law(ranks=fit_range)
+        return self.power_law(fit_range)
 
-    def power_law(self, ranks: tuple[int, int] | None = None, weighting: str = "none") -> cpf.PowerLawFit:
+    def power_law(self, fit_range: tuple[int, int] | None = None, weighting: str = "none", *,
+                  ranks: tuple[int, int] | None = None) -> cpf.PowerLawFit:
         """Power-law fit ``lambda_i ~ i^-alpha`` of the eigenvalues, in either field convention.
 
         * ``power_law()`` (= :meth:`alpha_req`): ordinary least squares of ``log lambda_i`` on
           ``log i`` over ranks 1 .. ``numerical_rank()``;
-        * ``power_law(ranks=(11, 100), weighting="inverse_rank")``: the alpha-ReQ authors' code and
-          reptrix's ``get_alpha``: weighted least squares with weights ``1 / i`` over ranks 11..100
-          (needs d >= 100). The two differ a lot on real embeddings (57% on MiniLM: docs/metrics.md).
+        * ``power_law(fit_range=(11, 100), weighting="inverse_rank")``: the alpha-ReQ authors' code
+          and reptrix's ``get_alpha``: weighted least squares with weights ``1 / i`` over ranks
+          11..100 (needs d >= 100). The two differ a lot on real embeddings (docs/metrics.md).
 
-        ``ranks`` is 1-based and inclusive. With the default range, NaNs when fewer than two
-        eigenvalues are non-zero; an explicit range that cannot be fitted raises.
+        ``fit_range`` is 1-based and inclusive (``ranks=``, its former name, still works and warns).
+        With the default range, NaNs when fewer than two eigenvalues are non-zero; an explicit range
+        that cannot be fitted raises.
         """
-        if ranks is None:
-            ranks = (1, self.numerical_rank())
-            if ranks[1] < 2:
-                return cpf.PowerLawFit(math.nan, math.nan, math.nan, *ranks)
+        if ranks is not None:
+            if fit_range is not None:
+                raise CollapseProbeError("power_law: give fit_range only (ranks is its deprecated name)")
+            warnings.warn("power_law(ranks=...) is deprecated: use fit_range=", DeprecationWarning, stacklevel=2)
+            fit_range = ranks
+        if fit_range is None:
+            fit_range = (1, self.numerical_rank())
+            if fit_range[1] < 2:
+                return cpf.PowerLawFit(math.nan, math.nan, math.nan, *fit_range)
         try:
-            return cpf.power_law_fit(self.eigenvalues, ranks, weighting=weighting)
+            return cpf.power_law_fit(self.eigenvalues, fit_range, weighting=weighting)
         except ValueError as error:
             raise CollapseProbeError(str(error)) from None
 
@@ -261,39 +292,12 @@ class Spectrum:
         return cpf.mean_std_of_normalized(self.variances)
 
     def metrics(self) -> dict[str, Any]:
-        """Every scalar metric, with default settings, as a flat dict (the JSON/CSV row)."""
-        fit = self.alpha_req()
-        return {
-            "layer": self.layer,
-            "dim": self.dim,
-            "n_samples": self.n_samples,
-            "effective_rank": self.effective_rank,
-            "rankme": self.rankme,
-            "numerical_rank": self.numerical_rank(),
-            "collapsed_dims": self.collapsed_dims(),
-            "collapsed_fraction": self.collapsed_fraction(),
-            "unobserved_dims": self.unobserved_dims,
-            "max_rank": self.max_rank,
-            "sample_limited": self.sample_limited,
-            "stable_rank": self.stable_rank,
-            "participation_ratio": self.participation_ratio,
-            "alpha": fit.alpha,
-            "alpha_r2": fit.r2,
-            "std_of_l2_normalized": self.std_of_l2_normalized,
-            "rtol": self.default_rtol(),
-        } | {f"{name}_se": se for name, se in self.stderr.items()}
+        """Every scalar metric, with default settings, as a flat dict (the JSON/CSV row; ``frame.metrics_row``)."""
+        return metrics_row(self)
 
     def conventions(self) -> dict[str, Any]:
         """How the numbers were computed: centring, normalisation, ddof, dtypes, what eigenvalues mean."""
-        return {
-            "center": self.center,
-            "normalize": self.normalize,
-            "ddof": self.ddof,
-            "dtype": self.dtype,
-            "input_dtype": self.input_dtype,
-            "eigenvalues_of": "covariance M2/(n-ddof)" if self.center else "second moment Z^T Z/(n-ddof)",
-            "n_skipped_nonfinite": self.n_skipped_nonfinite,
-        }
+        return conventions_row(self)
 
     # ------------------------------------------------------ conversions
     def to_frame(self) -> pd.DataFrame:
@@ -302,53 +306,16 @@ class Spectrum:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: format tag, conventions, metrics and every eigenvalue (exact floats)."""
-        return {
-            "format": FORMAT,
-            "layer": self.layer,
-            "dim": self.dim,
-            "n_samples": self.n_samples,
-            "conventions": self.conventions(),
-            "metrics": json_safe(self.metrics()),
-            "eigenvalues": self.eigenvalues.tolist(),
-            "uncentered_singular_values": self.uncentered_singular_values.tolist(),
-            "mean": self.mean.tolist(),
-            "variances": self.variances.tolist(),
-            "extra": self.extra,
-        } | ({} if self.unit_variances is None else {"unit_variances": self.unit_variances.tolist()}) | (
-            {"stderr": json_safe(self.stderr)} if self.stderr else {})
+        return spectrum_document(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Spectrum:
         """Inverse of :meth:`to_dict`; a clear error for anything else."""
-        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            raise CollapseProbeError(f"not a collapse-probe spectrum (expected format {FORMAT!r})")
-        conventions = data["conventions"]
-        return cls(
-            eigenvalues=_as_float64_tensor(data["eigenvalues"]),
-            uncentered_singular_values=_as_float64_tensor(data["uncentered_singular_values"]),
-            mean=_as_float64_tensor(data["mean"]),
-            variances=_as_float64_tensor(data["variances"]),
-            n_samples=int(data["n_samples"]),
-            center=bool(conventions["center"]),
-            normalize=bool(conventions["normalize"]),
-            ddof=int(conventions["ddof"]),
-            dtype=conventions["dtype"],
-            input_dtype=conventions["input_dtype"],
-            layer=data.get("layer"),
-            n_skipped_nonfinite=int(conventions.get("n_skipped_nonfinite", 0)),
-            extra=dict(data.get("extra", {})),
-            unit_variances=None if data.get("unit_variances") is None else _as_float64_tensor(data["unit_variances"]),
-            stderr={name: math.nan if se is None else float(se) for name, se in data.get("stderr", {}).items()},
-        )
+        return cls(**spectrum_fields(data))
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON (written to a temporary file, then renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=1))
-        temporary.replace(path)
-        return path
+        return write_json_atomically(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> Spectrum:
@@ -381,21 +348,12 @@ class Spectrum:
         # copies: the moments may be an accumulator's live state, updated after this returns
         as_cpu = dict(device="cpu", dtype=torch.float64, copy=True)
         return cls(
-            eigenvalues=eigenvalues.to(**as_cpu),
-            uncentered_singular_values=uncentered_singular_values.to(**as_cpu),
-            mean=moments.mean.to(**as_cpu),
-            variances=moments.variances().to(**as_cpu),
-            n_samples=moments.count,
-            center=moments.center,
-            normalize=moments.normalize,
-            ddof=moments.ddof,
-            dtype=moments.dtype,
-            input_dtype=moments.input_dtype,
-            layer=moments.layer,
-            n_skipped_nonfinite=moments.n_skipped_nonfinite,
-            extra=dict(extra or {}),
+            eigenvalues=eigenvalues.to(**as_cpu), uncentered_singular_values=uncentered_singular_values.to(**as_cpu),
+            mean=moments.mean.to(**as_cpu), variances=moments.variances().to(**as_cpu), n_samples=moments.count,
+            center=moments.center, normalize=moments.normalize, ddof=moments.ddof, dtype=moments.dtype,
+            input_dtype=moments.input_dtype, layer=moments.layer, n_skipped_nonfinite=moments.n_skipped_nonfinite,
+            extra=dict(extra or {}), stderr=dict(stderr or {}),
             unit_variances=None if moments.unit_m2 is None else moments.unit_variances().to(**as_cpu),
-            stderr=dict(stderr or {}),
         )
 
     @classmethod
@@ -412,8 +370,8 @@ class Spectrum:
     ) -> Spectrum:
         """The spectrum of an in-memory (N, d) array: float64 two-pass moments per chunk, Chan-merged.
 
-        Same conventions and result as streaming the rows through a ``CovarianceAccumulator``,
-        by an independent code path (``collapse_probe.functional.moments.embedding_moments``).
+        Same result as streaming the rows through a ``CovarianceAccumulator``, by an independent
+        path (``functional.moments.embedding_moments``); ``input_dtype`` is the array's dtype.
         """
         z = torch.as_tensor(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
         moments = embedding_moments(z, center=center, normalize=normalize, ddof=ddof, layer=layer,
@@ -435,41 +393,3 @@ class Spectrum:
             + ")"
         )
 
-
-def read_json_file(path: Path) -> Any:
-    """The parsed JSON document at ``path``; a one-line error if it is missing or not JSON."""
-    if not path.is_file():
-        raise CollapseProbeError(f"spectrum file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CollapseProbeError(f"{path} is not valid JSON: {error}") from None
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively: strict JSON.
-
-    >>> json_safe({"alpha": float("nan"), "values": [1.0, float("inf")]})
-    {'alpha': None, 'values': [1.0, None]}
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
-
-
-def to_frame(spectra: Mapping[str, Spectrum] | Spectrum) -> pd.DataFrame:
-    """One row of metrics per layer (the WeightWatcher-style table), indexed by layer name.
-
-    >>> z = torch.randn(500, 4, dtype=torch.float64)
-    >>> frame = to_frame({"a": Spectrum.from_embeddings(z), "b": Spectrum.from_embeddings(z[:, :2])})
-    >>> list(frame.index), list(frame["dim"])
-    (['a', 'b'], [4, 2])
-    """
-    if isinstance(spectra, Spectrum):
-        spectra = {spectra.layer or "output": spectra}
-    rows = [{**spectrum.metrics(), **spectrum.conventions(), "layer": name} for name, spectrum in spectra.items()]
-    return pd.DataFrame(rows).set_index("layer")

@@ -43,20 +43,20 @@ def reference_entropy_rank(values: np.ndarray, eps: float) -> float:
 def test_inverse_rank_alpha_equals_the_authors_weighted_fit():
     z = power_law_embeddings()
     s = Spectrum.from_embeddings(z)
-    fit = s.power_law(ranks=(11, 100), weighting="inverse_rank")
+    fit = s.power_law(fit_range=(11, 100), weighting="inverse_rank")
     assert (fit.start, fit.stop) == (11, 100)
     assert fit.alpha == pytest.approx(reference_weighted_alpha(z.numpy()), rel=1e-6)
     # the unweighted fit over the same ranks is another number, and power_law() is alpha_req()
-    assert abs(s.power_law(ranks=(11, 100)).alpha - fit.alpha) > 1e-3
+    assert abs(s.power_law(fit_range=(11, 100)).alpha - fit.alpha) > 1e-3
     assert s.power_law() == s.alpha_req()
-    assert s.power_law(ranks=(2, 50)) == s.alpha_req((2, 50))
+    assert s.power_law(fit_range=(2, 50)) == s.alpha_req(fit_range=(2, 50)) == s.power_law((2, 50))
 
 
 def test_inverse_rank_alpha_equals_reptrix_get_alpha():
     alpha_module = pytest.importorskip("reptrix.alpha")
     z = power_law_embeddings(seed=1)
     theirs = alpha_module.get_alpha(z, fit_range=np.arange(10, 100))[0]  # float64 in, so float64 PCA
-    ours = Spectrum.from_embeddings(z).power_law(ranks=(11, 100), weighting="inverse_rank").alpha
+    ours = Spectrum.from_embeddings(z).power_law(fit_range=(11, 100), weighting="inverse_rank").alpha
     assert ours == pytest.approx(float(theirs), rel=1e-6)
 
 
@@ -69,7 +69,16 @@ def test_weighted_fit_recovers_an_exact_power_law_and_rejects_bad_arguments():
         power_law_fit(ranks**-1.0, (1, 10), weighting="stringer")
     small = Spectrum.from_embeddings(torch.randn(300, 32, dtype=torch.float64))
     with pytest.raises(CollapseProbeError, match="fit_range"):
-        small.power_law(ranks=(11, 100), weighting="inverse_rank")  # d = 32 < 100
+        small.power_law(fit_range=(11, 100), weighting="inverse_rank")  # d = 32 < 100
+
+
+def test_power_law_takes_fit_range_as_alpha_req_does_and_ranks_still_works_with_a_warning():
+    s = Spectrum.from_embeddings(power_law_embeddings(seed=3))
+    with pytest.warns(DeprecationWarning, match="fit_range"):
+        old = s.power_law(ranks=(11, 100), weighting="inverse_rank")
+    assert old == s.power_law(fit_range=(11, 100), weighting="inverse_rank")
+    with pytest.raises(CollapseProbeError, match="fit_range only"):
+        s.power_law(fit_range=(1, 10), ranks=(1, 10))
 
 
 @pytest.mark.parametrize("n", [400, 60])  # N > d, and N < d (min(N, d) singular values)

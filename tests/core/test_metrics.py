@@ -63,14 +63,33 @@ def test_rankme_matches_numpy_svd_of_the_uncentred_matrix():
     assert abs(streamed.rankme - streamed.effective_rank) > 0.1
 
 
-def test_default_rtol_follows_the_input_precision():
-    assert cpf.default_rtol(128, torch.float32) == pytest.approx(torch.finfo(torch.float32).eps)
-    assert cpf.default_rtol(128, torch.float64) == pytest.approx(torch.finfo(torch.float32).eps)
-    assert cpf.default_rtol(2048, torch.bfloat16) == pytest.approx(2048 * 2.0**-14)
+def test_default_rtol_is_the_rounding_floor_of_the_input_precision():
+    # rtol = max(eps_f32, u^2 (m + t^2) (1 + sqrt(d/N))^2 / lambda_1), u = 2^-24 / 2^-11 / 2^-8, t the smallest normal
+    growth = (1 + math.sqrt(768 / 3000)) ** 2
+    kwargs = dict(n_samples=3000, mean_square=0.01, top=1.0)
+    assert cpf.default_rtol(768, torch.float32, **kwargs) == torch.finfo(torch.float32).eps
+    assert cpf.default_rtol(768, torch.float64, **kwargs) == torch.finfo(torch.float32).eps
+    assert cpf.default_rtol(768, torch.bfloat16, **kwargs) == pytest.approx(2.0**-16 * 0.01 * growth, rel=1e-12)
+    assert cpf.default_rtol(768, torch.float16, mean_square=1.0, top=1e-3, n_samples=3000) == pytest.approx(
+        2.0**-22 * (1.0 + 2.0**-28) * growth / 1e-3, rel=1e-12)
+    # a float32 input with a mean of 1e4: rounding it to float32 alone adds variance 2^-48 1e8 = 3.6e-7
+    assert cpf.default_rtol(8, torch.float32, n_samples=10**6, mean_square=1e8, top=1.0) == pytest.approx(
+        2.0**-48 * 1e8 * (1 + math.sqrt(8e-6)) ** 2, rel=1e-12)
     s32 = spectrum_of([1.0, 1e-4, 1e-9], input_dtype="float32")
-    s16 = spectrum_of([1.0, 1e-4, 1e-9], input_dtype="bfloat16")  # rtol = 3 * 2**-14 = 1.8e-4
-    assert (s32.collapsed_dims(), s16.collapsed_dims()) == (1, 2)
-    assert s32.collapsed_dims(rtol=1e-12) == 0
+    s16 = spectrum_of([1.0, 1e-4, 1e-9], input_dtype="bfloat16")  # N = 10^4, ddof 1, mean 0: m = sum(lambda) (N-1)/N / 3
+    mean_square = (1 + 1e-4 + 1e-9) * 0.9999 / 3
+    assert s16.default_rtol() == pytest.approx(2.0**-16 * mean_square * (1 + math.sqrt(3e-4)) ** 2, rel=1e-12)
+    assert (s32.collapsed_dims(), s16.collapsed_dims()) == (1, 1)
+    assert s32.collapsed_dims(rtol=1e-12) == 0 and s16.collapsed_dims(rtol=1e-3) == 2
+
+
+def test_mean_square_is_the_mean_squared_entry_in_every_convention():
+    z = torch.randn(400, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2 + 3
+    unit = z / z.norm(dim=1, keepdim=True)
+    for center, normalize, ddof, rows in ((True, False, 1, z), (False, False, 0, z), (True, True, 1, unit),
+                                          (True, False, 0, z), (False, True, 1, unit)):
+        s = Spectrum.from_embeddings(z, center=center, normalize=normalize, ddof=ddof)
+        assert s.mean_square == pytest.approx(float((rows.numpy() ** 2).mean()), rel=1e-12)
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
@@ -104,7 +123,8 @@ def test_frames_and_plot():
     ax = plot_spectra({"a": a, "b": b})
     assert len(ax.get_lines()) == 2 and ax.get_yscale() == "log"
     zeros_drawn = ax.get_lines()[1].get_ydata()
-    assert len(zeros_drawn) == 4 and zeros_drawn[-1] == pytest.approx(1e-15)  # exact zeros at the floor
+    # exact zeros at the collapse threshold, rtol x largest
+    assert len(zeros_drawn) == 4 and zeros_drawn[-1] == b.collapse_threshold() == torch.finfo(torch.float32).eps
 
 
 def test_alpha_fit_range_errors_are_clear():
@@ -195,3 +215,19 @@ def test_plot_marks_where_the_sample_limit_cuts_the_curve():
     assert list(cut.get_xdata()) == [39.5, 39.5]
     assert [t.get_text() for t in ax.texts] == ["N - 1 = 39\n25 dims unobserved"]
     assert "collapsed 0 of 39, 25 unobserved" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_functional_holds_metrics_in_metrics_and_moment_maths_in_moments():
+    import collapse_probe.functional as functional
+    from collapse_probe.functional import metrics, moments
+
+    for name in functional.__all__:  # every public name at collapse_probe.functional.<name>
+        assert getattr(functional, name) is getattr(metrics, name, getattr(moments, name, None)), name
+    for name in ("batch_moments", "merge_moments"):
+        assert getattr(functional, name) is getattr(moments, name) and not hasattr(metrics, name)
+    for dead in ("symmetric_eigenvalues", "uncentred_gram", "covariance_from_moments"):  # twins of moments'
+        assert not hasattr(functional, dead) and not hasattr(metrics, dead)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    n, mean, m2 = functional.merge_moments(one, torch.tensor([1.0, 0.0], dtype=torch.float64), torch.zeros(2, 2).double(),
+                                           *functional.batch_moments(torch.tensor([[3.0, 2.0]], dtype=torch.float64)))
+    assert (int(n), mean.tolist(), m2.tolist()) == (2, [2.0, 1.0], [[2.0, 2.0], [2.0, 2.0]])  # by hand
