@@ -127,8 +127,8 @@ def _steps_in_mapping(obj: Any) -> dict[str, float]:
     return {key: value for key, value in found.items() if value is not None}
 
 
-def _file_steps(path: Path) -> dict[str, float]:
-    """The step keys a checkpoint file records, read without building a model ({} when unreadable)."""
+def _file_steps(path: Path) -> dict[str, float] | None:
+    """The step keys a checkpoint file records, read without building a model (None: unreadable)."""
     import torch
 
     if path.suffix == ".safetensors":
@@ -137,7 +137,7 @@ def _file_steps(path: Path) -> dict[str, float]:
                 length = int.from_bytes(handle.read(8), "little")
                 header = json.loads(handle.read(min(length, 1 << 26)))
         except (OSError, ValueError):
-            return {}
+            return None
         return _steps_in_mapping(header.get("__metadata__") or {})
     if path.suffix == ".pt2":
         return {}
@@ -148,13 +148,14 @@ def _file_steps(path: Path) -> dict[str, float]:
         # mmap: the tensors are not read, only the pickle that names them
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception:  # noqa: BLE001 - unreadable here is reported when it is loaded
-        return {}
+        return None
     return _steps_in_mapping(obj)
 
 
-def recorded_steps(path: Path) -> dict[str, float]:
+def recorded_steps(path: Path) -> dict[str, float] | None:
     """Every step key a checkpoint records: its top-level keys in :data:`STEP_KEYS` (a file), or
-    a Hugging Face Trainer folder's ``trainer_state.json`` (``global_step``, ``epoch``)."""
+    a Hugging Face Trainer folder's ``trainer_state.json`` (``global_step``, ``epoch``); None for
+    a file that cannot be read (it fails when loaded, and is reported then)."""
     if path.is_dir():
         state = path / TRAINER_STATE
         try:
@@ -164,28 +165,34 @@ def recorded_steps(path: Path) -> dict[str, float]:
     return _file_steps(path)
 
 
-def order_checkpoints(paths: Iterable[Path], steps: dict[Path, dict[str, float]] | None = None) -> list[Checkpoint]:
+def order_checkpoints(paths: Iterable[Path], steps: dict[Path, dict[str, float] | None] | None = None
+                      ) -> list[Checkpoint]:
     """The checkpoints sorted by one step for all: the first key of :data:`STEP_KEYS` that every
-    checkpoint records, else the number in every name, else the order given (ties: by name).
+    readable checkpoint records, else the number in every name, else the order given (ties: by
+    name). A file that cannot be read at all takes the number in its name (it will fail to
+    load and be reported; it does not decide the step of the others).
 
     ``steps``: :func:`recorded_steps` of each path, when already read.
     """
     paths = list(paths)
     if steps is None:
         steps = {p: recorded_steps(p) for p in paths}
-    steps = {p: steps.get(p, {}) for p in paths}
+    readable = [p for p in paths if steps.get(p) is not None]
+    unreadable = [Checkpoint(p, float(name_number(p) or 0), "the number in the name (unreadable)")
+                  for p in paths if steps.get(p) is None]
     for key in STEP_KEYS:
-        if paths and all(key in steps[p] for p in paths):
-            chosen = [Checkpoint(p, steps[p][key], f"{key} in the {'folder' if p.is_dir() else 'file'}") for p in paths]
+        if readable and all(key in steps[p] for p in readable):
+            chosen = [Checkpoint(p, steps[p][key], f"{key} in the {'folder' if p.is_dir() else 'file'}")
+                      for p in readable]
             break
     else:
-        numbers = {p: name_number(p) for p in paths}
+        numbers = {p: name_number(p) for p in readable}
         if all(n is not None for n in numbers.values()):
-            chosen = [Checkpoint(p, float(numbers[p]), "the number in the name") for p in paths]
+            chosen = [Checkpoint(p, float(numbers[p]), "the number in the name") for p in readable]
         else:
             chosen = [Checkpoint(p, float(i), f"position {i} given (no step recorded, no number in every name)")
-                      for i, p in enumerate(paths)]
-    return sorted(chosen, key=lambda c: (c.step, c.name))
+                      for i, p in enumerate(readable)]
+    return sorted(chosen + unreadable, key=lambda c: (c.step, c.name))
 
 
 def signature(path: Path) -> tuple:

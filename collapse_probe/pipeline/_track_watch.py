@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from collapse_probe.pipeline._track_report import write_trajectory
-from collapse_probe.pipeline._track_sources import Checkpoint, expand_sources, order_checkpoints, recorded_steps, signature
+from collapse_probe.pipeline._track_sources import (
+    Checkpoint,
+    expand_sources,
+    order_checkpoints,
+    recorded_steps,
+    signature,
+)
 from collapse_probe.pipeline.checkpoints import ProbeConfig
 from collapse_probe.pipeline.track import (
     DEFAULT_CACHE_MIB,
@@ -35,10 +41,10 @@ class _Watched:
 
     def __init__(self) -> None:
         self.signatures: dict[Path, tuple] = {}
-        self.steps: dict[Path, tuple[tuple, dict[str, float]]] = {}
+        self.steps: dict[Path, tuple[tuple, dict[str, float] | None]] = {}
         self.entries: dict[Path, tuple[tuple, TrackedCheckpoint]] = {}
 
-    def steps_of(self, path: Path, sig: tuple) -> dict[str, float]:
+    def steps_of(self, path: Path, sig: tuple) -> dict[str, float] | None:
         known = self.steps.get(path)
         if known is None or known[0] != sig:
             self.steps[path] = (sig, recorded_steps(path))

@@ -30,9 +30,8 @@ def write_checkpoint(path, *, seed: int, epoch: int, step: int | None = None, co
                      width: int = 4) -> None:
     """A collapse-probe trainer checkpoint of a smallcnn + linear projector with seeded random
     weights; ``collapse``: the projector's weight becomes rank 1 (its output collapses)."""
-    torch.manual_seed(seed)
     config = TrainConfig(arch="smallcnn", width=width, projector="linear", projector_dim=8, image_size=16,
-                         data="builtin:digits")
+                         data="builtin:digits", seed=seed)
     model, arch = build_model(config)
     if collapse:
         with torch.no_grad():
