@@ -125,9 +125,7 @@ def _run(sources: list[str], out: str | None, save_state: str | None, as_json: b
 
         raise CollapseProbeError("--save-state with --groups: save each part without --groups and merge them with "
                                  "`collapse-probe merge --jackknife` (each part one group)")
-    if not quiet and is_main_process():
-        click.echo(shard_order_line(shardset), err=True)
-    state = read_part(shardset, chosen)
+    state = read_part(shardset, chosen, None if quiet else lambda shards: click.echo(shard_order_line(shards), err=True))
     if not is_main_process():
         state.spectrum()  # the same solve on every rank; only rank 0 reports
         return

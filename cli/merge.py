@@ -29,7 +29,12 @@ def merge(states: tuple[str, ...], jackknife: bool, name: str | None, out: str, 
       collapse-probe merge parts/*.pt --jackknife --json --out merged
     """
     from collapse_probe.embeddings import merge_states
-    from collapse_probe.pipeline.outputs import ProbeResult, format_table, json_report, write_outputs
+    from collapse_probe.pipeline.outputs import (
+        ProbeResult,
+        format_table,
+        json_report,
+        write_outputs,
+    )
 
     spectrum = merge_states(list(states), jackknife=jackknife, name=name)
     options.ensure_writable_folder(out)

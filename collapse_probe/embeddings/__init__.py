@@ -15,7 +15,13 @@ modules (:mod:`.numpy_files`, :mod:`.torch_files`, :mod:`.parquet_files`), :mod:
 
 from __future__ import annotations
 
-from collapse_probe.embeddings.api import EmbeddingOptions, embeddings_spectrum, make_options, read_part, record_ids
+from collapse_probe.embeddings.api import (
+           EmbeddingOptions,
+           embeddings_spectrum,
+           make_options,
+           read_part,
+           record_ids,
+)
 from collapse_probe.embeddings.merge import merge_states
 from collapse_probe.embeddings.sources import ShardSet, resolve
 from collapse_probe.embeddings.states import STATE_FORMAT, PartState, load_state

@@ -8,8 +8,8 @@ moments under ``torchrun``, and record the provenance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +108,13 @@ def _gather(fingerprints: dict[int, str], norms: NormStats, world: int) -> tuple
     return merged, total
 
 
-def read_part(sources: str | Path | Sequence[str | Path] | ShardSet, options: EmbeddingOptions) -> PartState:
+def read_part(sources: str | Path | Sequence[str | Path] | ShardSet, options: EmbeddingOptions,
+              announce: Callable[[ShardSet], None] | None = None) -> PartState:
     """Stream this process's rows of ``sources`` into an accumulator; synced under ``torchrun``.
 
     Every header is read and checked before the first row; the rows read are part
-    ``options.part`` of the whole, split again across ranks.
+    ``options.part`` of the whole, split again across ranks. ``announce(shards)`` is called once
+    every check has passed, just before the first row is read (the CLI prints the order there).
     """
     shardset = sources if isinstance(sources, ShardSet) else resolve(
         sources, key=options.key, column=options.column, id_column=options.id_column, quantised=options.quantised)
@@ -126,7 +128,12 @@ def read_part(sources: str | Path | Sequence[str | Path] | ShardSet, options: Em
     name = options.name or default_name(list(shardset.sources))
     accumulator = _accumulator(shardset.dim, options, device, name)
     plan = plan_chunks(shardset.dim, shardset.shards, options.memory_budget)
+    if options.groups is not None:  # batch i -> group i mod K: at least 4 batches per group where the rows allow
+        mine_rows = mine[1] - mine[0]
+        plan = replace(plan, update_rows=max(1, min(plan.update_rows, mine_rows // (4 * options.groups))))
     norms = NormStats()
+    if announce is not None and rank == 0:
+        announce(shardset)
     stream_rows(shardset.shards, my_pieces, plan, accumulator, norms, progress=options.progress and rank == 0,
                 label=name if world == 1 else f"{name} (rank 0 of {world})")
     fingerprints = {p.shard: fingerprint(shardset.shards[p.shard]) for p in my_pieces}

@@ -92,9 +92,9 @@ def choose_columns(path: Path, schema: Any, column: str | None, id_column: str |
 def inspect_parquet(path: Path, column: str | None, id_column: str | None) -> Shard:
     """The :class:`Shard` of a parquet file's embeddings, from its footer (and, for variable-length
     lists, the first row)."""
+    handle = open_file(path)  # first: a missing pyarrow is named in one line
     import pyarrow as pa
 
-    handle = open_file(path)
     schema = handle.schema_arrow
     if id_column is not None and id_column not in schema.names:
         raise CollapseProbeError(f"{path}: no id column {id_column!r}; it has {', '.join(schema.names)}")
