@@ -40,13 +40,15 @@ def _config_options(command: Any) -> Any:
 
 @click.command("train", context_settings={"max_content_width": 110})
 @click.option("--preset", default=None, help=f"Base settings: {', '.join(PRESETS)} (default imagenet; the options below override it).")
-@click.option("--resume", is_flag=True, help="Continue OUT/checkpoint.pt (its saved settings, then the options given here).")
+@click.option("--resume", is_flag=True, help="Continue OUT/checkpoint.pt, or the latest OUT/checkpoints/epoch_NNNN.pt "
+                                             "(its saved settings, then the options given here).")
 @click.option("--overwrite", is_flag=True, help="Start a fresh run in a non-empty OUT, replacing the earlier run's files.")
 @_config_options
 def train(preset: str | None, resume: bool, overwrite: bool, **options: Any) -> None:
     """Train SimCLR (any of the paper's projectors) or DirectCLR; log collapse as it trains.
 
-    Writes OUT/checkpoint.pt (every epoch, atomically), OUT/metrics.jsonl (one JSON row per
+    Writes OUT/checkpoint.pt (every epoch, atomically; with --save-every N also
+    OUT/checkpoints/epoch_NNNN.pt every N epochs, for `collapse-probe track`), OUT/metrics.jsonl (one JSON row per
     epoch: loss, lr, imgs/s, online-probe accuracy, effective rank, RankMe, collapsed dims and
     the full spectra of the representation and the embedding) and OUT/spectra.png. The final
     summary goes to stdout as JSON; progress to stderr. OUT defaults to runs/PRESET-METHOD
@@ -58,21 +60,22 @@ def train(preset: str | None, resume: bool, overwrite: bool, **options: Any) -> 
       collapse-probe train --preset demo --method directclr --d0 32 --out runs/dclr
       collapse-probe train --preset demo --projector none --epochs 10 --out runs/none
       collapse-probe train --out runs/dclr --resume          # continue a killed run
+      collapse-probe train --preset demo --save-every 2 --out runs/demo   # keep epochs 2, 4, ... for `track`
       collapse-probe train --preset demo --method directclr  # into runs/demo-directclr
       collapse-probe train --preset demo --out runs/none --projector none --overwrite   # redo a run
       collapse-probe train --preset fashion --method directclr --out runs/fm-dclr   # Fashion-MNIST
       torchrun --nproc-per-node 8 -m collapse_probe_cli.main train --preset imagenet \\
           --data /data/imagenet --method directclr --out runs/in1k-dclr
     """
-    from collapse_probe.ssl.checkpoint import CHECKPOINT_NAME, check_run_folder, load_checkpoint
+    from collapse_probe.ssl.checkpoint import check_run_folder, latest_checkpoint, load_checkpoint
     from collapse_probe.ssl.config import default_out, preset_config
     from collapse_probe.ssl.loop import train as run_training
 
     given = {k: v for k, v in options.items() if v is not None}
     base = PRESETS.get(preset or "imagenet", {})
     out = given.pop("out", None) or default_out(preset or "imagenet", given.get("method", base.get("method", TrainConfig.method)))
-    ckpt_path = os.path.join(out, CHECKPOINT_NAME)
-    if resume and os.path.isfile(ckpt_path) and preset is None:
+    ckpt_path = latest_checkpoint(out) if resume and os.path.isdir(out) else None
+    if ckpt_path is not None and preset is None:
         saved = TrainConfig.from_dict(load_checkpoint(ckpt_path)["config"])
         config = dataclasses.replace(saved, **given, out=out, resume=True)
     else:

@@ -9,11 +9,13 @@ Keys (format ``collapse-probe/trainer-v1``)::
     online_head state_dict of the online linear classifier (or None)
     optimizer, scheduler, scaler   their state_dicts
     epoch       completed epochs
+    step        optimiser steps taken (epoch x steps per epoch)
     rng         {"torch", "cuda", "python", "numpy"}: generator states as tensors
 
 Only tensors, dicts, lists and plain scalars are stored (no numpy arrays, no dataclasses), and
 writes are atomic (a temp file in the same folder, then ``os.replace``), so a run killed while
-saving leaves the previous checkpoint intact.
+saving leaves the previous checkpoint intact. With ``save_every`` the run also keeps its history,
+``OUT/checkpoints/epoch_NNNN.pt`` (:func:`keep_history`), what ``collapse-probe track`` reads.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collapse_probe.ssl.model import SSLModel, build_model_from_arch
 
 FORMAT = "collapse-probe/trainer-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_DIR = "checkpoints"
 
 
 def rng_state() -> dict[str, Any]:
@@ -61,6 +64,53 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     torch.save({"format": FORMAT, **payload}, tmp)
     os.replace(tmp, path)
+
+
+def history_path(out: str | os.PathLike, epoch: int) -> str:
+    """``OUT/checkpoints/epoch_NNNN.pt``, the kept checkpoint after ``epoch`` completed epochs."""
+    return os.path.join(os.fspath(out), HISTORY_DIR, f"epoch_{epoch:04d}.pt")
+
+
+def keep_history(latest: str | os.PathLike, out: str | os.PathLike, epoch: int) -> str:
+    """Keep the just-saved ``latest`` checkpoint as :func:`history_path` (a hard link where the file
+    system allows, else a copy; atomic either way: the name appears only once complete)."""
+    import shutil
+
+    target = history_path(out, epoch)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        os.link(latest, tmp)  # checkpoint.pt is replaced, never rewritten in place: the link keeps this epoch
+    except OSError:
+        shutil.copyfile(latest, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def history(out: str | os.PathLike) -> dict[int, str]:
+    """epoch -> path of every kept ``OUT/checkpoints/epoch_NNNN.pt``."""
+    folder = os.path.join(os.fspath(out), HISTORY_DIR)
+    if not os.path.isdir(folder):
+        return {}
+    found = {}
+    for name in os.listdir(folder):
+        stem, _, suffix = name.partition(".")
+        if suffix == "pt" and stem.startswith("epoch_") and stem[6:].isdigit():
+            found[int(stem[6:])] = os.path.join(folder, name)
+    return dict(sorted(found.items()))
+
+
+def latest_checkpoint(out: str | os.PathLike) -> str | None:
+    """The checkpoint ``--resume`` continues: ``OUT/checkpoint.pt``, or the kept one of a later
+    epoch when there is one (a run killed between the two saves), or the latest kept one when
+    ``checkpoint.pt`` is gone; None when the run has none."""
+    latest = os.path.join(os.fspath(out), CHECKPOINT_NAME)
+    kept = history(out)
+    if not os.path.isfile(latest):
+        return next(reversed(kept.values()), None) if kept else None
+    if kept and max(kept) > int(torch.load(latest, map_location="cpu", weights_only=True, mmap=True)["epoch"]):
+        return kept[max(kept)]
+    return latest
 
 
 def check_run_folder(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:

@@ -77,6 +77,9 @@ class TrainConfig:
     out: str = _opt("runs/train", "Output folder: checkpoint.pt, metrics.jsonl, spectra plot; it must be empty unless "
                     "--resume or --overwrite.")
     resume: bool = _opt(False, "Continue from OUT/checkpoint.pt.")
+    save_every: int = _opt(
+        0, "Also keep OUT/checkpoints/epoch_NNNN.pt every N epochs (and after the last), with its step and epoch, "
+        "for `collapse-probe track` (0: only the latest OUT/checkpoint.pt).")
     seed: int = _opt(0, "Random seed (data order, augmentations, initialisation).")
     device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available).")
     precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.", choices=PRECISIONS)

@@ -30,6 +30,9 @@ from collapse_probe._utils.ranks import is_distributed
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.ssl.checkpoint import (
     CHECKPOINT_NAME,
+    history,
+    keep_history,
+    latest_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -188,7 +191,8 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
         torch.set_num_threads(config.threads)
     out_dir = Path(config.out)
     ckpt_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
-    ckpt = load_checkpoint(ckpt_path) if config.resume and ckpt_path.exists() else None
+    resume_from = latest_checkpoint(out_dir) if config.resume else None  # checkpoint.pt, or a later kept one
+    ckpt = load_checkpoint(resume_from) if resume_from else None
 
     # ---- model, data, optimiser -------------------------------------------------------------
     model, arch = build_model(config)  # also checks d0 against the representation size
@@ -221,13 +225,15 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch = int(ckpt["epoch"])
-        _log(dist, f"resuming from {ckpt_path} after epoch {start_epoch}")
+        _log(dist, f"resuming from {resume_from} after epoch {start_epoch}")
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = [r for r in _read_rows(metrics_path) if r.get("epoch", 0) <= start_epoch] if ckpt else []
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        if ckpt is None:  # a fresh run: an earlier run's checkpoint must not be resumed with this run's log
+        if ckpt is None:  # a fresh run: an earlier run's checkpoints must not be resumed with this run's log
             ckpt_path.unlink(missing_ok=True)
+            for kept in history(out_dir).values():
+                os.unlink(kept)
 
     train_net: nn.Module = net
     if dist.world_size > 1:
@@ -307,8 +313,11 @@ def _train(config: TrainConfig, callbacks: Callbacks | None) -> TrainResult:
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "epoch": epoch + 1,
+                "step": state.step,
                 "rng": rng_state(),
             })
+            if config.save_every and ((epoch + 1) % config.save_every == 0 or epoch + 1 == config.epochs):
+                keep_history(ckpt_path, out_dir, epoch + 1)
         msg = " ".join(f"{k} {v:.4g}" for k, v in state.row.items() if isinstance(v, float) and "/" not in k)
         _log(dist, f"epoch {epoch + 1}/{config.epochs} {msg}")
         _run(callbacks, "on_checkpoint", state)
