@@ -15,7 +15,11 @@ from collapse_probe_cli import options
 @options.as_json
 @options.quiet
 @click.option("--relative", is_flag=True, help="Plot each spectrum divided by its largest eigenvalue.")
-def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: bool, relative: bool, **values) -> None:
+@click.option("--report-html", type=click.Path(dir_okay=False), metavar="FILE", callback=options.check_out_file,
+              help="Also write a self-contained HTML report to FILE: the overlay plot inline, the table, each "
+                   "checkpoint's load report and the conventions (no script, no external request).")
+def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: bool, relative: bool,
+            report_html: str | None, **values) -> None:
     """Compare the spectra of several checkpoints and/or saved spectrum JSON files.
 
     Checkpoints are probed together in one pass over --data (each image decoded once), and
@@ -29,6 +33,7 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
       collapse-probe compare simclr.pt directclr.pt --data builtin:digits --image-size 32 --out cmp
       collapse-probe compare runA/spectrum.json runB/spectrum.json --out cmp
       collapse-probe compare r18.pth r50.pth --arch resnet18 --arch resnet50 --data val/ --out cmp
+      collapse-probe compare a.pt b.pt --data val/ --report-html cmp.html   # one file to share
     """
     from collapse_probe.pipeline.checkpoints import compare_sources
     from collapse_probe.pipeline.outputs import (
@@ -63,3 +68,9 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
         paths = write_comparison(spectra, out, relative=relative, roles=roles)
         if not quiet:
             click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+    if report_html is not None:
+        from collapse_probe.pipeline._track_report import write_probe_report
+
+        write_probe_report(comparison.probed, report_html, spectra=spectra, roles=roles)
+        if not quiet:
+            click.echo(f"wrote {report_html}", err=True)

@@ -12,7 +12,10 @@ from collapse_probe_cli import options
 @options.out
 @options.as_json
 @options.quiet
-def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **values) -> None:
+@click.option("--report-html", type=click.Path(dir_okay=False), metavar="FILE", callback=options.check_out_file,
+              help="Also write a self-contained HTML report to FILE: the plot inline, the table, the load report "
+                   "and the conventions (no script, no external request).")
+def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, report_html: str | None, **values) -> None:
     """Covariance spectrum of CHECKPOINT's embeddings on a folder of images (or texts).
 
     Prints one row per probed layer (effective rank, RankMe, collapsed dims, the dims too few
@@ -30,11 +33,11 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
       collapse-probe spectrum nan_prone.pt --arch resnet18 --data val/ --skip-nonfinite
       collapse-probe spectrum dinov2_folder/ --data val/          # a save_pretrained folder
       collapse-probe spectrum bert_folder/ --data sentences.txt  # one text per line
+      collapse-probe spectrum ckpt.pt --data val/ --report-html report.html   # one file to share
       collapse-probe spectrum vit_b_16.pth --arch vit_b_16 --data val/ --layer encoder --tokens patch
       collapse-probe spectrum run/checkpoint.pt --data imagenet/val --per-class --class-scatter
     """
     from collapse_probe.pipeline.checkpoints import probe_checkpoint
-    from collapse_probe.results.notes import class_table, token_norm_notes
     from collapse_probe.pipeline.outputs import (
         format_table,
         json_report,
@@ -42,6 +45,7 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
         sample_limit_notes,
         write_outputs,
     )
+    from collapse_probe.results.notes import class_table, token_norm_notes
 
     probe_values, _ = options.split_probe_values(values)
     config = options.probe_config(probe_values, quiet_run=quiet)
@@ -64,3 +68,9 @@ def spectrum(checkpoint: str, out: str | None, as_json: bool, quiet: bool, **val
         paths = write_outputs(result, out)
         if not quiet:
             click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+    if report_html is not None:
+        from collapse_probe.pipeline._track_report import write_probe_report
+
+        write_probe_report([result], report_html)
+        if not quiet:
+            click.echo(f"wrote {report_html}", err=True)

@@ -23,10 +23,21 @@ from collapse_probe.pipeline.outputs import ProbeResult, nonfinite_notes, sample
 from collapse_probe.results.plot import plot_layers, plot_spectra
 from collapse_probe.results.report_html import Report, figure_png, render_report
 from collapse_probe.results.spectrum import json_safe
-from collapse_probe.results.trajectory import Point, gate_lines, plot_spectra_by_step, plot_trajectory, trajectory_frame
+from collapse_probe.results.trajectory import (
+    Point,
+    gate_lines,
+    plot_spectra_by_step,
+    plot_trajectory,
+    trajectory_frame,
+)
 
 if TYPE_CHECKING:
     from collapse_probe.pipeline.track import Trajectory
+
+
+def step_text(step: float) -> str:
+    """``300``, ``2.5``, or ``?`` for a checkpoint without a step."""
+    return "?" if step != step else f"{step:g}"
 
 TRAJECTORY_FORMAT = "collapse-probe/trajectory-v1"
 
@@ -71,7 +82,7 @@ def write_trajectory(trajectory: Trajectory, out: str | Path) -> dict[str, Path]
     report = Report(
         title=f"collapse-probe track: {len(points)} checkpoint(s) on {trajectory.settings.get('data')}",
         figures=figures, table=trajectory.table, settings=trajectory.settings, gate=gate, notes=notes,
-        loads=[(f"step {c.checkpoint.step:g}: {c.path}", c.load_summary) for c in trajectory.checkpoints
+        loads=[(f"step {step_text(c.checkpoint.step)}: {c.path}", c.load_summary) for c in trajectory.checkpoints
                if c.load_summary],
         failed=[(str(c.path), c.error or "") for c in trajectory.failed])
     atomic_write_text(paths["report.html"], render_report(report))
@@ -86,18 +97,21 @@ def _points(trajectory: Trajectory) -> list[Point]:
 def write_probe_report(results: Sequence[ProbeResult], path: str | Path, *,
                        spectra: Mapping[str, Any] | None = None, roles: Mapping[str, str] | None = None,
                        title: str | None = None) -> Path:
-    """``report.html`` for ``spectrum`` (one result) or ``compare`` (several): the spectrum plot
-    (``spectra``/``roles``: compare's overlay of every source; default: each result's layers),
-    the table (``step`` is each checkpoint's position), the load reports and the conventions."""
-    points = [Point(str(r.source.get("checkpoint", r.source.get("spectrum_file", f"source {i}"))), i, r.spectra, r.roles,
-                    {"name": Path(str(r.source.get("checkpoint", r.source.get("spectrum_file", i)))).name})
-              for i, r in enumerate(results)]
-    if spectra is not None:
-        figure = plot_spectra(spectra, roles=roles).figure
-    elif len(points) == 1:
-        figure = plot_layers(points[0].spectra, points[0].roles)
+    """``report.html`` for ``spectrum`` (one result) or ``compare``: the spectrum plot, the table,
+    the load reports and the conventions. ``spectra``/``roles`` (compare): every source's spectra
+    keyed ``"SOURCE:LAYER"``, drawn on one plot and tabled by source; default: each result's layers."""
+    if spectra is None:
+        points = [Point(_label(r, i), i, r.spectra, r.roles, {"name": Path(_label(r, i)).name})
+                  for i, r in enumerate(results)]
+        figure = plot_layers(points[0].spectra, points[0].roles) if len(points) == 1 else plot_spectra_by_step(points)
     else:
-        figure = plot_spectra_by_step(points)
+        by_source: dict[str, dict[str, Any]] = {}
+        for key, s in spectra.items():
+            source, _, layer = key.rpartition(":")
+            by_source.setdefault(source, {})[layer] = s
+        points = [Point(source, i, layers, {layer: (roles or {}).get(f"{source}:{layer}", "") for layer in layers},
+                        {"name": source}) for i, (source, layers) in enumerate(by_source.items())]
+        figure = plot_spectra(spectra, roles=roles).figure
     first = results[0].source if results else {}
     settings = {key: first[key] for key in ("data", "n_images", "n_texts", "image_size", "resize", "pool", "center",
                                             "normalize", "precision", "max_samples", "groups", "device") if key in first}
@@ -107,5 +121,9 @@ def write_probe_report(results: Sequence[ProbeResult], path: str | Path, *,
         title=title or f"collapse-probe: {', '.join(p.extra['name'] for p in points)}",
         figures=[("Sorted covariance eigenvalues (log scale), the paper's plot.", figure_png(figure))],
         table=trajectory_frame(points).drop(columns=["step"], errors="ignore"), settings=settings, notes=notes,
-        loads=[(p.label, r.report.summary()) for p, r in zip(points, results, strict=True) if r.report is not None])
+        loads=[(_label(r, i), r.report.summary()) for i, r in enumerate(results) if r.report is not None])
     return atomic_write_text(path, render_report(report))
+
+
+def _label(result: ProbeResult, index: int) -> str:
+    return str(result.source.get("checkpoint") or result.source.get("spectrum_file") or f"source {index}")

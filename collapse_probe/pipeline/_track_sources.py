@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import zipfile
@@ -169,8 +170,9 @@ def order_checkpoints(paths: Iterable[Path], steps: dict[Path, dict[str, float] 
                       ) -> list[Checkpoint]:
     """The checkpoints sorted by one step for all: the first key of :data:`STEP_KEYS` that every
     readable checkpoint records, else the number in every name, else the order given (ties: by
-    name). A file that cannot be read at all takes the number in its name (it will fail to
-    load and be reported; it does not decide the step of the others).
+    name). A file that cannot be read at all (it will fail to load and be reported) does not
+    decide the others' step: it takes the number in its name when that is the scale, else no
+    step (NaN, listed last).
 
     ``steps``: :func:`recorded_steps` of each path, when already read.
     """
@@ -178,8 +180,7 @@ def order_checkpoints(paths: Iterable[Path], steps: dict[Path, dict[str, float] 
     if steps is None:
         steps = {p: recorded_steps(p) for p in paths}
     readable = [p for p in paths if steps.get(p) is not None]
-    unreadable = [Checkpoint(p, float(name_number(p) or 0), "the number in the name (unreadable)")
-                  for p in paths if steps.get(p) is None]
+    by_name = False
     for key in STEP_KEYS:
         if readable and all(key in steps[p] for p in readable):
             chosen = [Checkpoint(p, steps[p][key], f"{key} in the {'folder' if p.is_dir() else 'file'}")
@@ -187,12 +188,18 @@ def order_checkpoints(paths: Iterable[Path], steps: dict[Path, dict[str, float] 
             break
     else:
         numbers = {p: name_number(p) for p in readable}
-        if all(n is not None for n in numbers.values()):
+        by_name = all(n is not None for n in numbers.values())
+        if by_name:
             chosen = [Checkpoint(p, float(numbers[p]), "the number in the name") for p in readable]
         else:
             chosen = [Checkpoint(p, float(i), f"position {i} given (no step recorded, no number in every name)")
                       for i, p in enumerate(readable)]
-    return sorted(chosen + unreadable, key=lambda c: (c.step, c.name))
+    for p in paths:
+        if steps.get(p) is None:  # on the others' scale only when that scale is the names'
+            number = name_number(p) if by_name or not readable else None
+            chosen.append(Checkpoint(p, math.nan if number is None else float(number),
+                                     "unreadable" + (": the number in the name" if number is not None else "")))
+    return sorted(chosen, key=lambda c: (math.isnan(c.step), 0.0 if math.isnan(c.step) else c.step, c.name))
 
 
 def signature(path: Path) -> tuple:

@@ -41,8 +41,15 @@ from collapse_probe.pipeline._track_cache import (
     plan_for,
     same_as_spectrum,
 )
+from collapse_probe.pipeline._track_report import step_text, write_trajectory
 from collapse_probe.pipeline._track_sources import Checkpoint, expand_sources, order_checkpoints
-from collapse_probe.pipeline._track_store import HashCache, ResultStore, data_signature, options_key, result_of
+from collapse_probe.pipeline._track_store import (
+    HashCache,
+    ResultStore,
+    data_signature,
+    options_key,
+    result_of,
+)
 from collapse_probe.pipeline.checkpoints import ProbeConfig, _relabel, layer_plan
 from collapse_probe.pipeline.data import DataConfig, _note_preprocessing, open_data
 from collapse_probe.pipeline.outputs import OUTPUT_NAME, ProbeResult
@@ -293,8 +300,6 @@ def track(sources: Sequence[str | Path] | str | Path, config: ProbeConfig | None
     None: nothing is kept. ``log``: progress lines (default: stderr when ``config.options.progress``).
     Ctrl-C stops after writing what is done (then re-raised): a rerun continues from there.
     """
-    from collapse_probe.pipeline._track_report import write_trajectory
-
     config = _as_config(config, data, **data_options)
     log = log if log is not None else (_stderr if config.options.progress else None)
     ordered = order_checkpoints(expand_sources([sources] if isinstance(sources, (str, Path)) else sources))
@@ -320,12 +325,12 @@ def print_order(ordered: Sequence[Checkpoint], log: Log) -> None:
     """The order and where each step came from, one line each."""
     log(f"{len(ordered)} checkpoint(s), in step order:")
     for c in ordered:
-        log(f"  step {c.step:g}  {c.path}  ({c.origin})")
+        log(f"  step {step_text(c.step)}  {c.path}  ({c.origin})")
 
 
 def progress_line(entry: TrackedCheckpoint, index: int, total: int) -> str:
     """``[3/10] step 300 epoch_0003.pt: probed in 1.2 s (load 0.1 s)`` and the like."""
-    head = f"[{index}/{total}] step {entry.checkpoint.step:g} {entry.path.name}: "
+    head = f"[{index}/{total}] step {step_text(entry.checkpoint.step)} {entry.path.name}: "
     if entry.status == "probed":
         s = entry.seconds
         return head + f"probed (forward {s.get('forward', 0):.1f} s, load {s.get('load', 0):.1f} s)"

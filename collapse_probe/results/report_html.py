@@ -93,6 +93,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: .86em; margin: .5em 0; }
 th, td { border: 1px solid #d4d4d4; padding: .25em .55em; text-align: right; }
+td { white-space: nowrap; }
 th { background: #f2f2f2; } td:nth-child(-n+4) { text-align: left; }
 tbody tr:nth-child(even) { background: #fafafa; }
 img { max-width: 100%; border: 1px solid #e4e4e4; }
