@@ -183,7 +183,7 @@ def probe_config(values: dict[str, Any], *, quiet_run: bool = False) -> ProbeCon
     data_config = DataConfig(
         data=values["data"], image_size=values.get("image_size"), resize=values.get("resize"),
         batch_size=values["batch_size"], workers=values["workers"], max_samples=values["max_samples"],
-        strict=values["strict"],
+        strict=values["strict"], labels=bool(values.get("per_class") or values.get("class_scatter")),
     )
     measured = ProbeOptions(
         layers=tuple(values["layers"]) or None, pool=values["pool"], center=values["center"],

@@ -8,7 +8,7 @@ files with other extensions are ignored.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from collapse_probe.data.subset import seeded_subset
@@ -61,3 +61,24 @@ def list_images(root: str | Path, *, max_samples: int | None = None, seed: int =
         raise CollapseProbeError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}")
     keep = seeded_subset(len(files), max_samples, seed)
     return files if keep is None else [files[i] for i in keep]
+
+
+def class_labels(root: str | Path, files: Sequence[Path]) -> tuple[list[int], list[str]]:
+    """Each file's class, the first folder under ``root`` it sits in (an ImageFolder's layout):
+    ``(labels, class names)``, the classes sorted by name. A file directly in ``root`` has no
+    class: refused in one line.
+
+    >>> class_labels("/d", [Path("/d/cat/1.jpg"), Path("/d/dog/a/2.png"), Path("/d/cat/3.jpg")])
+    ([0, 1, 0], ['cat', 'dog'])
+    """
+    root = Path(root)
+    names = []
+    for path in files:
+        parts = path.relative_to(root).parts
+        if len(parts) < 2:
+            raise CollapseProbeError(f"per-class statistics need class sub-folders under {str(root)!r}; "
+                                     f"{path.name} sits directly in it")
+        names.append(parts[0])
+    classes = sorted(set(names))
+    index = {name: i for i, name in enumerate(classes)}
+    return [index[name] for name in names], classes

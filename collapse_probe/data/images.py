@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from collapse_probe.data.builtin import builtin_dataset, builtin_info, is_builtin
-from collapse_probe.data.folders import IMAGE_EXTENSIONS, list_images
+from collapse_probe.data.folders import IMAGE_EXTENSIONS, class_labels, list_images
 from collapse_probe.data.skipping import (
     BuiltinItems,
     ImageFiles,
@@ -48,6 +48,7 @@ from collapse_probe.data.skipping import (
     collate_skipping,
     describe_error,
 )
+from collapse_probe.data.subset import seeded_subset
 from collapse_probe.data.tensor_decode import TensorDecodeLoader
 from collapse_probe.data.transforms import (
     IMAGENET_MEAN,
@@ -100,6 +101,7 @@ def open_images(
     device: str | torch.device | None = None,
     gpu_decode: bool | None = None,
     transform: Any = None,
+    labels: bool = False,
 ) -> SkippingLoader:
     """Open an image folder or ``builtin:NAME`` as batches of normalised ``(B, 3, S, S)`` tensors.
 
@@ -107,7 +109,9 @@ def open_images(
     :class:`TensorDecodeLoader`; otherwise PIL in ``workers`` DataLoader processes. Built-in data
     sets use their ``val`` split. ``transform`` (PIL RGB image -> ``(3, H, W)`` tensor, e.g. a
     Hugging Face image processor) replaces the evaluation transform, ``image_size`` and
-    ``resize``, and always runs on the PIL path.
+    ``resize``, and always runs on the PIL path. ``labels=True`` yields ``(images, labels)``: a
+    built-in set's labels, or a folder's class sub-folder (sorted by name; the loader's
+    ``classes`` lists them), for per-class statistics; it takes the PIL path too.
 
     >>> loader = open_images("builtin:digits", image_size=16, batch_size=100, max_samples=200)
     >>> [tuple(x.shape) for x in loader], loader.n_skipped
@@ -120,19 +124,25 @@ def open_images(
         # statistics, as the trainer's evaluation does
         info = builtin_info(str(data))
         transform = given or eval_transform(image_size, resize or image_size, mean=info.mean, std=info.std)
-        dataset: torch.utils.data.Dataset = BuiltinItems(builtin_dataset(str(data), split="val", transform=transform))
-        if max_samples is not None and max_samples < len(dataset):
-            dataset = torch.utils.data.Subset(dataset, range(max_samples))
+        dataset: torch.utils.data.Dataset = BuiltinItems(builtin_dataset(str(data), split="val", transform=transform),
+                                                         labels=labels)
+        classes = [str(k) for k in range(info.num_classes)] if labels else None
+        keep = seeded_subset(len(dataset), max_samples)  # the same seeded subset as a folder's, not the first N
+        if keep is not None:
+            dataset = torch.utils.data.Subset(dataset, keep)
     else:
         files = list_images(data, max_samples=max_samples)
         cuda = device is not None and torch.device(device).type == "cuda"
-        if given is None and (gpu_decode if gpu_decode is not None else cuda):
+        file_labels, classes = class_labels(data, files) if labels else (None, None)
+        if given is None and not labels and (gpu_decode if gpu_decode is not None else cuda):
             loader = TensorDecodeLoader(files, batch_size=batch_size, image_size=image_size, resize=resize,
                                         device=device or "cuda", threads=max(workers, 4))
             return SkippingLoader(loader, strict=strict, n_images=len(files))
-        dataset = ImageFiles(files, transform)
+        dataset = ImageFiles(files, transform, file_labels)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skipping,
         pin_memory=device is not None and torch.device(device).type == "cuda", persistent_workers=False,
     )
-    return SkippingLoader(loader, strict=strict, n_images=len(dataset))
+    opened = SkippingLoader(loader, strict=strict, n_images=len(dataset))
+    opened.classes = classes
+    return opened

@@ -30,9 +30,10 @@ def describe_error(error: BaseException) -> str:
 class ImageFiles(torch.utils.data.Dataset):
     """Files -> ``(tensor or None, error message or None)``; a failed decode is not raised here."""
 
-    def __init__(self, files: Sequence[Path], transform: Any):
+    def __init__(self, files: Sequence[Path], transform: Any, labels: Sequence[int] | None = None):
         self.files = list(files)
         self.transform = transform
+        self.labels = None if labels is None else list(labels)  # then items are (image, label)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -40,7 +41,8 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
         path = self.files[index]
         try:
-            return self.transform(load_image(path)), None
+            image = self.transform(load_image(path))
+            return (image if self.labels is None else (image, self.labels[index])), None
         except Exception as error:  # noqa: BLE001 - any decode failure is "unreadable"
             return None, f"{path}: {describe_error(error)}"
 
@@ -48,14 +50,15 @@ class ImageFiles(torch.utils.data.Dataset):
 class BuiltinItems(torch.utils.data.Dataset):
     """A built-in data set as ``(tensor, None)`` items, like :class:`ImageFiles`."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: torch.utils.data.Dataset, labels: bool = False):
+        self.dataset, self.labels = dataset, labels
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, None]:
-        return self.dataset[index][0], None
+    def __getitem__(self, index: int) -> tuple[Any, None]:
+        image, label = self.dataset[index]
+        return ((image, int(label)) if self.labels else image), None
 
 
 class SkippingItems(torch.utils.data.Dataset):

@@ -8,7 +8,7 @@ and, when that is absent, the older ``pytorch_lightning`` package::
     callback = SpectrumCallback(probe_loader, layers={"rep": "backbone", "emb": "projector"})
     trainer = lightning.Trainer(max_epochs=100, callbacks=[callback], logger=CSVLogger("logs"))
 
-Every ``every_n_epochs`` epochs (after validation; the sanity check is skipped) it streams
+Every ``every`` epochs (after validation; the sanity check is skipped) it streams
 ``probe_loader`` once through ``collapse_probe.spectrum`` on the LightningModule (or on its
 submodule ``module``) and logs every scalar metric as ``collapse/<layer>/<metric>`` through
 ``pl_module.log``, so every configured Lightning logger (CSV, TensorBoard, W&B, MLflow, ...)
@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from collapse_probe.integrations.loggers import scalar_metrics
-from collapse_probe.integrations.monitor import SpectrumMonitor
 from collapse_probe.integrations.shard import rank_shard
+from collapse_probe.integrations.targets import cadence, callback_monitor, probe_target
+from collapse_probe.probe.options import ProbeOptions
 
 try:
     from lightning.pytorch import Callback
@@ -48,45 +49,58 @@ class SpectrumCallback(Callback):
     Args:
         loader: held-out batches, as ``collapse_probe.spectrum`` takes them (tensors, ``(x, y)``,
             dicts); the batches go to the probed module's ``forward``.
+        options: the :class:`~collapse_probe.probe.options.ProbeOptions` of every probe; each
+            field may also be a keyword argument (``pool=``, ``center=``, ``normalize=``,
+            ``precision=``, ``max_samples=`` (in total over ranks, as in ``spectrum``),
+            ``groups=``, ``skip_nonfinite=``, ``output_fn=``, ...).
         layers: display name -> module name inside the probed module (a sequence uses the names
             as they are); ``None`` probes the probed module's output, logged as ``output``.
         module: a submodule of the LightningModule to probe (``"backbone"``) when the
             LightningModule's own ``forward`` is not the encoder; ``None``: the LightningModule.
-        every_n_epochs: probe after validation of epochs ``n, 2n, ...`` (1-based).
-        max_samples, normalize: as ``spectrum`` (rows per rank; L2-normalise first).
+            A LightningModule without a ``forward`` is probed through the owner of the named
+            layers (``layers={"rep": "backbone.layer4"}`` probes ``backbone``), else refused when
+            fitting starts, in one line naming ``module=``.
+        every: probe after validation of epochs ``n, 2n, ...`` (1-based; ``every_n_epochs`` is
+            the same, its older name).
         prefix: metric name prefix.
-        metrics_path, plot_path, loggers: as :class:`SpectrumMonitor` (rank zero only).
-        lidar_loader, lidar_views: as :class:`SpectrumMonitor`: also log ``<layer>/lidar`` on
-            batches of (B, q, ...) views (sharded over ranks as ``loader`` is).
+        metrics_path, plot_path, loggers, lidar_loader, lidar_views: as :class:`SpectrumMonitor`
+            (files and loggers on rank zero only; ``lidar_loader`` is sharded over ranks as
+            ``loader`` is).
 
+    A failed probe never ends the fit: its metrics are logged as NaN with a one-line warning.
     ``last_row`` holds the latest probe's row (every metric and the full spectra).
     """
 
     def __init__(
         self,
         loader: Any,
+        options: ProbeOptions | None = None,
         *,
         layers: Mapping[str, str] | Sequence[str] | None = None,
         module: str | None = None,
-        every_n_epochs: int = 1,
-        max_samples: int | None = None,
-        normalize: bool = False,
+        every: int | None = None,
+        every_n_epochs: int | None = None,
         prefix: str = "collapse",
         metrics_path: str | os.PathLike | None = None,
         plot_path: str | os.PathLike | None = None,
         loggers: Sequence[Any] = (),
         lidar_loader: Any = None,
         lidar_views: int | None = None,
+        **probe_options: Any,
     ):
         super().__init__()
         self.loader, self.module, self.prefix = loader, module, prefix
-        self.monitor = SpectrumMonitor(
-            loader, layers={"output": ""} if layers is None else layers, every=every_n_epochs,
-            max_samples=max_samples, normalize=normalize, metrics_path=metrics_path, plot_path=plot_path,
-            loggers=loggers, lidar_loader=lidar_loader, lidar_views=lidar_views,
-        )
+        self.monitor = callback_monitor(loader, options, layers, cadence(every, every_n_epochs, "every_n_epochs"),
+                                        metrics_path=metrics_path, plot_path=plot_path, loggers=loggers,
+                                        lidar_loader=lidar_loader, lidar_views=lidar_views, **probe_options)
         self.lidar_loader = lidar_loader
         self.last_row: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Find what to probe before the first epoch: a mistake is refused now, never mid-run."""
+        self.module, layers = probe_target(pl_module, self.module, self.monitor.layers)
+        self.monitor.options = self.monitor.options.replace(layers=layers)
+        self.monitor.layers = dict(layers)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:

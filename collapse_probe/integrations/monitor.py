@@ -27,8 +27,11 @@ main process writes files).
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,23 +41,55 @@ from torch import nn
 
 from collapse_probe._utils.ranks import is_main_process
 from collapse_probe.errors import CollapseProbeError
+from collapse_probe.probe.lidar import lidar
+from collapse_probe.probe.options import ProbeOptions
+from collapse_probe.probe.stream import spectrum
+from collapse_probe.results.frame import json_safe
+from collapse_probe.results.spectrum import Spectrum
+
+
+class MonitorWarning(UserWarning):
+    """A probe during training failed; the metrics were logged as NaN and training went on."""
+
+@functools.cache
+def scalar_metric_names() -> tuple[str, ...]:
+    """The keys of ``Spectrum.metrics()`` (those a failed probe logs as NaN)."""
+    example = Spectrum.from_embeddings(torch.eye(4, dtype=torch.float64))
+    return tuple(key for key in example.metrics() if key != "layer")
+
 
 DEFAULT_LAYERS = {"representation": "backbone", "embedding": "embedding"}
+OUTPUT_NAME = "output"
+
+
+def _probe_options(options: ProbeOptions | None, layers: Any, probe_options: Mapping[str, Any]) -> ProbeOptions:
+    """The monitor's ProbeOptions: display names for every layer (``{"output": None}`` is the model
+    output), no progress bar; the SSLModel's layers when nothing names any."""
+    if layers is None and options is None and "layers" not in probe_options:
+        layers = DEFAULT_LAYERS
+    built = ProbeOptions.build(options, progress=False, **({"layers": layers} if layers is not None else {}),
+                               **probe_options)
+    if built.layers is None or isinstance(built.layers, str):
+        return built.replace(layers={OUTPUT_NAME if built.layers is None else built.layers: built.layers})
+    if not isinstance(built.layers, Mapping):
+        return built.replace(layers={name: name for name in built.layers})
+    return built
 
 
 class SpectrumMonitor:
-    """Probe the spectra of ``layers`` (display name -> module name) every ``every`` epochs.
+    """Probe the spectra of some layers on a held-out loader every ``every`` epochs.
 
     Args:
         loader: held-out batches (tensors, ``(x, y)`` tuples or dicts, as ``spectrum`` accepts).
-        layers: display name -> name in ``model.named_modules()``; a sequence uses the module
-            names as display names. Default: the SSLModel's ``backbone`` (representation) and
-            ``embedding`` (what the loss sees).
+        options: the :class:`~collapse_probe.probe.options.ProbeOptions` of every probe; each of
+            its fields may also be given as a keyword argument (``pool="cls"``, ``center=False``,
+            ``max_samples=...``, ``precision=``, ``groups=``, ``skip_nonfinite=``, ``output_fn=``,
+            ...), with the meaning it has in ``spectrum``. ``layers`` is a mapping display name ->
+            module name, a sequence of module names (shown as they are), ``None`` with
+            ``options`` for the model output (shown as ``output``), or, when nothing names any
+            layer, the SSLModel's ``backbone`` (representation) and ``embedding``.
         every: probe when ``epoch % every == 0`` (and always at ``last_epoch``).
-        max_samples: cap on the samples streamed per probe.
-        normalize: L2-normalise vectors before the covariance (the public DirectCLR script does).
-        device: where to run the probe (default: the model's device).
-        metrics_path: where :meth:`log` appends rows (the trainer writes its own rows instead).
+        metrics_path: where :meth:`log` appends rows as strict JSON lines (NaN written as null).
         plot_path: a PNG redrawn after each probe: log eigenvalues, one line per epoch.
         last_epoch: an epoch to probe whatever ``every`` says (the trainer passes its last).
         loggers: experiment trackers, each handed every probe on the main process
@@ -64,6 +99,11 @@ class SpectrumMonitor:
             also record LiDAR per layer (``None``: no LiDAR). Every sample is one LDA class, so
             the score is capped at ``min(dim, samples - 1)`` (``"<name>/lidar_max_rank"``).
         lidar_views: q, the views per sample in ``lidar_loader`` (at least 2; needed with it).
+
+    A monitor never ends a training run: a probe that fails (non-finite embeddings, a layer
+    that did not run, a model that cannot take the batches) logs its metrics as NaN with
+    ``"<name>/error"`` saying why, warns once in one line, and training carries on. Options
+    are checked at construction, where a mistake is refused before training starts.
 
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -82,49 +122,49 @@ class SpectrumMonitor:
     def __init__(
         self,
         loader: Any,
+        options: ProbeOptions | None = None,
         *,
         layers: Mapping[str, str] | Sequence[str] | None = None,
         every: int = 1,
-        max_samples: int | None = None,
-        normalize: bool = False,
-        device: torch.device | str | None = None,
         metrics_path: str | os.PathLike | None = None,
         plot_path: str | os.PathLike | None = None,
         last_epoch: int | None = None,
         loggers: Sequence[Any] = (),
         lidar_loader: Any = None,
         lidar_views: int | None = None,
+        **probe_options: Any,
     ):
         if lidar_loader is not None and (lidar_views is None or int(lidar_views) < 2):
             raise CollapseProbeError(
                 f"lidar_loader needs lidar_views, the views per sample (at least 2), got {lidar_views}")
-        if layers is None:
-            layers = DEFAULT_LAYERS
-        self.layers = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
-        self.loader, self.every, self.max_samples = loader, max(1, int(every)), max_samples
-        self.normalize, self.device = normalize, device
+        self.options = _probe_options(options, layers, probe_options)
+        self.layers: dict[str, str | None] = dict(self.options.layers)
+        self.loader, self.every = loader, max(1, int(every))
         self.metrics_path, self.plot_path, self.last_epoch = metrics_path, plot_path, last_epoch
         self.loggers = list(loggers)
         self.lidar_loader, self.lidar_views = lidar_loader, None if lidar_loader is None else int(lidar_views)
         self.history: list[tuple[int, dict[str, Any]]] = []  # (epoch, {display name: Spectrum})
+        self._last: dict[str, Any] = {}
+
+    @property
+    def max_samples(self) -> int | None:
+        return self.options.max_samples
+
+    @property
+    def normalize(self) -> bool:
+        return self.options.normalize
 
     def probe(self, model: nn.Module) -> dict[str, Any]:
         """One pass over the loader: ``{"<name>/<metric>": float, ..., "spectra": {name: dict}}``.
 
         With a ``lidar_loader``, then one pass over it: ``"<name>/lidar"``, ``"<name>/lidar_n_classes"``,
-        ``"<name>/lidar_max_rank"`` and ``"lidar": {name: Lidar.to_dict()}`` join the row.
+        ``"<name>/lidar_max_rank"`` and ``"lidar": {name: Lidar.to_dict()}`` join the row. Raises
+        what ``spectrum`` raises; :meth:`log` and the trainer callback never do.
         """
-        import collapse_probe
-
-        spectra = collapse_probe.spectrum(  # device None: where the model is
-            model, self.loader, layers=list(self.layers.values()), device=self.device, normalize=self.normalize,
-            max_samples=self.max_samples, progress=False,
-        )
+        solved = spectrum(model, self.loader, self._options_for_model())
+        by_name = solved if isinstance(solved, dict) else {OUTPUT_NAME: solved}
         row: dict[str, Any] = {}
-        by_name = {}
-        for name, layer in self.layers.items():
-            spec = spectra[layer]
-            by_name[name] = spec
+        for name, spec in by_name.items():
             for key, value in spec.metrics().items():
                 if key != "layer":
                     row[f"{name}/{key}"] = value
@@ -134,20 +174,39 @@ class SpectrumMonitor:
         self._last = by_name
         return row
 
+    def _options_for_model(self) -> ProbeOptions:
+        if list(self.layers.values()) == [None]:  # the model output
+            return self.options.replace(layers=None)
+        return self.options
+
     def _probe_lidar(self, model: nn.Module) -> dict[str, Any]:
         """``{"<name>/lidar": float, "<name>/lidar_n_classes": int, ..., "lidar": {name: dict}}``."""
-        import collapse_probe
-
-        results = collapse_probe.lidar(model, self.lidar_loader, views=self.lidar_views, layers=list(self.layers.values()),
-                                       device=self.device, progress=False)
+        options = self._options_for_model().replace(groups=None)
+        solved = lidar(model, self.lidar_loader, options, views=self.lidar_views)
+        results = solved if isinstance(solved, dict) else {OUTPUT_NAME: solved}
         row: dict[str, Any] = {}
-        for name, layer in self.layers.items():
-            result = results[layer]
+        for name, result in results.items():
             row[f"{name}/lidar"] = result.lidar
             row[f"{name}/lidar_n_classes"] = result.n_classes
             row[f"{name}/lidar_max_rank"] = result.max_rank
-        row["lidar"] = {name: results[layer].to_dict() for name, layer in self.layers.items()}
+        row["lidar"] = {name: result.to_dict() for name, result in results.items()}
         return row
+
+    def safe_probe(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        """:meth:`probe`, or, when it fails, NaN for every metric of every layer and
+        ``"<name>/error"``, with a one-line warning: a monitor never ends a training run."""
+        try:
+            return self.probe(model)
+        except Exception as error:  # noqa: BLE001 - whatever broke the probe must not break training
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            warnings.warn(f"collapse-probe monitor: the probe at epoch {epoch} failed ({reason}); its metrics are "
+                          "logged as NaN and training goes on", MonitorWarning, stacklevel=3)
+            self._last = {}
+            row: dict[str, Any] = {}
+            for name in self.layers:
+                row |= {f"{name}/{key}": math.nan for key in scalar_metric_names()}
+                row[f"{name}/error"] = reason
+            return row
 
     def due(self, epoch: int) -> bool:
         """Whether ``epoch`` (completed epochs, from 1) is one to probe."""
@@ -159,13 +218,12 @@ class SpectrumMonitor:
         Under ``torch.distributed`` call it on every process (the probe all-reduces); every
         process gets the row, only the main process (rank 0) writes the JSONL row and the plot.
         """
-        row = {"epoch": int(epoch), **(extra or {}), **self.probe(model)}
-        self.history.append((int(epoch), self._last))
+        row = {"epoch": int(epoch), **(extra or {}), **self.safe_probe(model, int(epoch))}
+        self._record(int(epoch))
         if self.metrics_path is not None and is_main_process():
             os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        self._save_plot()
+                f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
         self._send(row, int(epoch))
         return row
 
@@ -173,17 +231,25 @@ class SpectrumMonitor:
         """Trainer callback (``on_epoch_end``): add the metrics to ``state.row`` when due."""
         if not self.due(state.epoch):
             return
-        state.row.update(self.probe(state.model))
-        self.history.append((state.epoch, self._last))
-        self._save_plot()
+        state.row.update(self.safe_probe(state.model, state.epoch))
+        self._record(state.epoch)
         self._send(state.row, state.epoch)
+
+    def _record(self, epoch: int) -> None:
+        if self._last:
+            self.history.append((epoch, self._last))
+            self._save_plot()
 
     def _send(self, row: Mapping[str, Any], epoch: int) -> None:
         # every rank holds the same row (the probe all-reduced); trackers hear it once
-        if not self.loggers or not is_main_process():
+        if not self.loggers or not is_main_process() or not self._last:
             return
         for logger in self.loggers:
-            logger.log_probe(row, epoch=epoch, spectra=self._last, history=self.history)
+            try:
+                logger.log_probe(row, epoch=epoch, spectra=self._last, history=self.history)
+            except Exception as error:  # noqa: BLE001 - a tracker's failure must not end training either
+                warnings.warn(f"collapse-probe monitor: {type(logger).__name__} failed at epoch {epoch} "
+                              f"({type(error).__name__}: {error}); training goes on", MonitorWarning, stacklevel=3)
 
     def _save_plot(self) -> None:
         if self.plot_path is None or not self.history or not is_main_process():

@@ -29,8 +29,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from collapse_probe.integrations.loggers import scalar_metrics
-from collapse_probe.integrations.monitor import SpectrumMonitor
 from collapse_probe.integrations.shard import rank_shard
+from collapse_probe.integrations.targets import (
+    cadence,
+    callback_monitor,
+    hugging_face_encoder,
+    probe_target,
+)
+from collapse_probe.probe.options import ProbeOptions
 
 try:
     from transformers import TrainerCallback
@@ -45,44 +51,50 @@ class SpectrumCallback(TrainerCallback):
 
     Args:
         loader: held-out batches as ``collapse_probe.spectrum`` takes them (tokenizer dicts too).
+        options: the :class:`~collapse_probe.probe.options.ProbeOptions` of every probe; each
+            field may also be a keyword argument (``pool="cls"``, ``center=``, ``normalize=``,
+            ``precision=``, ``max_samples=``, ``groups=``, ``skip_nonfinite=``, ``output_fn=``, ...).
         layers: display name -> module name in the model; a sequence uses the names as they are;
-            ``None`` probes the model output (``last_hidden_state``, masked mean), as ``output``.
+            ``None`` probes the model's hidden states (``last_hidden_state``, masked mean), as
+            ``output``: a model with a head (``*ForSequenceClassification``, whose output is a
+            loss and logits) is probed through its base model (``model.base_model``).
         module: a submodule of the model to probe (``"bert"`` of a ``BertForSequenceClassification``).
-        every_n_evals: probe at evaluations ``n, 2n, ...``.
-        max_samples, normalize: as ``spectrum``.
+        every: probe at evaluations ``n, 2n, ...`` (``every_n_evals`` is its older name).
         prefix: metric name prefix.
         metrics_path, plot_path, loggers: as :class:`SpectrumMonitor` (rank zero only); their
             ``"epoch"`` is the evaluation's index (1, 2, ...), ``"step"`` the global step.
         lidar_loader, lidar_views: as :class:`SpectrumMonitor`: also log ``<layer>/lidar`` on
             batches of (B, q, ...) views (sharded over ranks as ``loader`` is).
+
+    A failed probe never ends training: its metrics are logged as NaN with a one-line warning.
     """
 
     def __init__(
         self,
         loader: Any,
+        options: ProbeOptions | None = None,
         *,
         layers: Mapping[str, str] | Sequence[str] | None = None,
         module: str | None = None,
-        every_n_evals: int = 1,
-        max_samples: int | None = None,
-        normalize: bool = False,
+        every: int | None = None,
+        every_n_evals: int | None = None,
         prefix: str = "eval_collapse",
         metrics_path: str | os.PathLike | None = None,
         plot_path: str | os.PathLike | None = None,
         loggers: Sequence[Any] = (),
         lidar_loader: Any = None,
         lidar_views: int | None = None,
+        **probe_options: Any,
     ):
         self.loader, self.module, self.prefix = loader, module, prefix
-        self.monitor = SpectrumMonitor(
-            loader, layers={"output": ""} if layers is None else layers, every=every_n_evals,
-            max_samples=max_samples, normalize=normalize, metrics_path=metrics_path, plot_path=plot_path,
-            loggers=loggers, lidar_loader=lidar_loader, lidar_views=lidar_views,
-        )
+        self.monitor = callback_monitor(loader, options, layers, cadence(every, every_n_evals, "every_n_evals"),
+                                        metrics_path=metrics_path, plot_path=plot_path, loggers=loggers,
+                                        lidar_loader=lidar_loader, lidar_views=lidar_views, **probe_options)
         self.lidar_loader = lidar_loader
         self.trainer: Any = None
         self.evaluations = 0
         self.last_row: dict[str, Any] | None = None
+        self._resolved = False
 
     def attach(self, trainer: Any) -> SpectrumCallback:
         """``trainer.add_callback(self)``, keeping the trainer so that ``trainer.log`` reaches its reporters."""
@@ -90,11 +102,26 @@ class SpectrumCallback(TrainerCallback):
         trainer.add_callback(self)
         return self
 
+    def _resolve(self, model: Any) -> None:
+        """Once: the base model for the hidden states of a model with a head, then the module to probe."""
+        if self._resolved:
+            return
+        module = hugging_face_encoder(model, self.module, self.monitor.layers)
+        self.module, layers = probe_target(model, module, self.monitor.layers)
+        self.monitor.options = self.monitor.options.replace(layers=layers)
+        self.monitor.layers = dict(layers)
+        self._resolved = True
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is not None:
+            self._resolve(model)  # a mistake is refused before the first step, never mid-run
+
     def on_evaluate(self, args: Any, state: Any, control: Any, model: Any = None, metrics: Any = None,
                     **kwargs: Any) -> None:
         self.evaluations += 1
         if model is None or not self.monitor.due(self.evaluations):
             return
+        self._resolve(model)
         probed = model.get_submodule(self.module) if self.module else model
         self.monitor.loader = rank_shard(self.loader)
         if self.lidar_loader is not None:

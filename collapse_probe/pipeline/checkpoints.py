@@ -131,7 +131,8 @@ def _probe_loaded(paths: list[str | Path], loaded: list[LoadedEncoder], config: 
         keys = [[f"models.m{i}.{name}" for name in plan] or [f"outputs.m{i}"] for i, plan in enumerate(plans)]
         hooks = [key for group in keys for key in group]
     loader, data_source = open_data(paths, loaded, config.data, device)
-    options = config.options.replace(layers=hooks, device=device, max_samples=config.data.max_samples)
+    # the data subset is the sample (--max-samples images or texts): no row cap on top (tokens are rows)
+    options = config.options.replace(layers=hooks, device=device, max_samples=None)
     solved = spectrum(target, loader, options)
     if not isinstance(solved, dict):
         solved = {OUTPUT_NAME: solved}

@@ -39,6 +39,7 @@ class DataConfig:
     workers: int = 0
     max_samples: int | None = None
     strict: bool = False
+    labels: bool = False  # (images, labels) batches: class sub-folders or a built-in set's labels
 
 
 def required_image_size(model: nn.Module) -> int | None:
@@ -90,6 +91,9 @@ def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: D
       the checkpoint's training crop size, else 224), refused early when a model needs another size.
     """
     first = loaded[0]
+    if d.labels and is_text_data(d.data):
+        raise CollapseProbeError(f"--data {d.data}: per-class statistics need labelled images (class sub-folders or "
+                                 "builtin: data); text files carry no labels")
     if is_text_data(d.data):
         if first.tokenizer is None:
             raise CollapseProbeError(f"--data {d.data} is text, but {paths[0]} has no tokenizer: text needs a "
@@ -104,7 +108,7 @@ def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: D
     processor = first.image_processor if len(loaded) == 1 else None
     transform = None
     if processor is not None and d.image_size is None and d.resize is None:
-        images = open_images(d.data, transform=ProcessorTransform(processor), batch_size=d.batch_size,
+        images = open_images(d.data, transform=ProcessorTransform(processor), batch_size=d.batch_size, labels=d.labels,
                              workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device)
         return images, {"data": str(d.data), "n_images": images.n_images, "n_unreadable_skipped": images.n_skipped,
                         "image_size": processor_size(processor), "resize": None,
@@ -113,11 +117,12 @@ def open_data(paths: Sequence[str | Path], loaded: Sequence[LoadedEncoder], d: D
     if processor is not None:
         mean, std = processor_pixel_stats(processor)
         transform = eval_transform(d.image_size, d.resize, mean=mean, std=std)
-    images = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size,
+    images = open_images(d.data, image_size=d.image_size, resize=d.resize, batch_size=d.batch_size, labels=d.labels,
                          workers=d.workers, max_samples=d.max_samples, strict=d.strict, device=device,
                          transform=transform)
     resize = d.resize or default_resize(d.image_size)
     source = {"data": str(d.data), "n_images": images.n_images, "n_unreadable_skipped": images.n_skipped,
+              **({"classes": images.classes} if d.labels else {}),
               "image_size": d.image_size, "resize": resize}
     if processor is not None:
         source["preprocessing"] = (f"the evaluation transform (bilinear resize of the shorter side to {resize}, centre "

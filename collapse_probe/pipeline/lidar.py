@@ -54,7 +54,7 @@ def lidar_checkpoint(path: str | Path, config: ProbeConfig, settings: LidarSetti
                                       allow_partial=config.allow_partial)
     plan = layer_plan(loaded.default_layers, config.layers)
     loader, data_source = open_view_data(path, loaded, config.data, views=settings.views, seed=settings.seed)
-    options = config.options.replace(layers=list(plan) or None, device=device, max_samples=config.data.max_samples)
+    options = config.options.replace(layers=list(plan) or None, device=device, max_samples=None)  # the subset is the sample
     solved = lidar(loaded.model, loader, options, views=settings.views, delta=settings.delta, eps=settings.eps)
     results = solved if isinstance(solved, dict) else {OUTPUT_NAME: solved}
     roles = {name: role for name, role in plan.items() if role} or {OUTPUT_NAME: "output"}

@@ -92,7 +92,7 @@ def spectrum(model: nn.Module, loader: Iterable, options: ProbeOptions | None = 
 
 def _known_classes(loader: Iterable) -> int | None:
     """The class count a loader's dataset declares (``ImageFolder.classes``), for the budget check."""
-    classes = getattr(getattr(loader, "dataset", None), "classes", None)
+    classes = getattr(loader, "classes", None) or getattr(getattr(loader, "dataset", None), "classes", None)
     return len(classes) if isinstance(classes, (list, tuple)) and classes else None
 
 

@@ -222,7 +222,7 @@ def test_compare_folders_without_processors_in_one_pass_equals_spectrum_of_each(
     common = ["--data", image_folder, "--image-size", "16", "--resize", "20", *QUIET]
     calls = []
     real = pipeline.spectrum
-    monkeypatch.setattr(pipeline, "spectrum", lambda *a, **k: calls.append(k["layers"]) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "spectrum", lambda *a, **k: calls.append(a[2].module_names()) or real(*a, **k))
     code, out, err = invoke(["compare", *sources, *common, "--out", tmp_path / "cmp"])
     assert code == 0, err
     assert calls == [["outputs.m0", "outputs.m1"]]  # one pass over the images for both folders
