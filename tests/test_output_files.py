@@ -81,3 +81,13 @@ def test_a_crash_mid_compare_leaves_the_previous_plot(tmp_path, monkeypatch):
         write_comparison(spectra, tmp_path)
     assert _files(tmp_path) == before
 
+
+
+def test_spectrum_save_is_atomic_too(tmp_path, monkeypatch):
+    path = _result(0).spectra["fc"].save(tmp_path / "fc.json")
+    before = _files(tmp_path)
+    _half_then_crash(monkeypatch, Path, "write_text")
+    _half_then_crash(monkeypatch, Path, "write_bytes")
+    with pytest.raises(KeyboardInterrupt):
+        _result(1).spectra["fc"].save(path)
+    assert _files(tmp_path) == before  # was: a stale fc.json.tmp beside it

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from collapse_probe._utils.files import atomic_write_text
 from collapse_probe.errors import CollapseProbeError
 
 if TYPE_CHECKING:
@@ -137,10 +138,7 @@ def write_json_atomically(document: Any, path: str | Path) -> Path:
     """Write ``document`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=1))
-    temporary.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(document, indent=1))  # no stale .tmp left by a crash
 
 
 def to_frame(spectra: Mapping[str, Spectrum] | Spectrum) -> pd.DataFrame:
