@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from collapse_probe.errors import CollapseProbeError
 @click.argument("source", metavar="CKPT|SPECTRUM.json", type=click.Path())
 @click.option("--min-effective-rank", type=float, help="Fail when a layer's effective rank is below this.")
 @click.option("--min-rankme", type=float, help="Fail when a layer's RankMe is below this.")
+@click.option("--min-class-effective-rank", type=float, metavar="BOUND",
+              help="Probe per class (implies --per-class) and fail when any class's effective rank is below "
+                   "BOUND; classes with too few images to judge are named, never passed.")
 @click.option("--max-collapsed-fraction", type=float,
               help="Fail when more than this fraction of a layer's d dimensions is collapsed (0..1).")
 @click.option("--baseline", type=click.Path(dir_okay=False), metavar="SPECTRUM.json",
@@ -37,7 +41,7 @@ from collapse_probe.errors import CollapseProbeError
 @options.probe_options
 @options.quiet
 def check(source: str, min_effective_rank: float | None, min_rankme: float | None,
-          max_collapsed_fraction: float | None, baseline: str | None, max_drop: float | None,
+          min_class_effective_rank: float | None, max_collapsed_fraction: float | None, baseline: str | None, max_drop: float | None,
           max_drop_sigma: float | None, report_json: str | None, junit_xml: str | None, summary_md: str | None,
           quiet: bool, **values) -> None:
     """Check collapse bounds on CKPT (probed on --data) or on a saved spectrum JSON.
@@ -67,6 +71,7 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
     \b
     Examples:
       collapse-probe check ckpt.pt --data val/ --min-effective-rank 50 --junit-xml collapse.xml
+      collapse-probe check ckpt.pt --data val/ --min-class-effective-rank 8   # every class judged
       collapse-probe check probe_out/spectrum.json --max-collapsed-fraction 0.25
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.1
       collapse-probe check new/spectrum.json --baseline main/spectrum.json --max-drop 0.05 --max-drop-sigma 3
@@ -76,7 +81,7 @@ def check(source: str, min_effective_rank: float | None, min_rankme: float | Non
     reports = _Reports(report_json, junit_xml, summary_md, source)
     try:
         result, run = _judge(
-            source, values, quiet, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
+            source, values, quiet, min_class_effective_rank, min_effective_rank=min_effective_rank, min_rankme=min_rankme,
             max_collapsed_fraction=max_collapsed_fraction, baseline=baseline, max_drop=max_drop,
             max_drop_sigma=max_drop_sigma)
     except NonFiniteEmbeddingError as error:  # NaN/Inf model output is a finding (exit 1), not bad input
@@ -114,21 +119,44 @@ def _print_run(run, quiet: bool) -> None:
     click.echo(", ".join(parts) + ("; collapse detected" if failed else ""))
 
 
-def _judge(source: str, values: dict, quiet: bool, *, baseline: str | None, **bounds):
+def _judge(source: str, values: dict, quiet: bool, class_bound: float | None, *, baseline: str | None, **bounds):
     """Probe (or load) ``source`` and run the checks: ``(ProbeResult, CheckRun)`` (judged results,
-    the bounds the samples cannot judge, warnings)."""
-    from collapse_probe.checks.verdicts import evaluate_checks, validate_bounds
+    the bounds the samples cannot judge, warnings); with ``class_bound`` every class's effective
+    rank is judged too, as ``min-class-effective-rank`` on ``LAYER[class K]``."""
+    from collapse_probe.checks.verdicts import CheckRun, Refusal, evaluate_checks, validate_bounds
     from collapse_probe.pipeline.checkpoints import load_or_probe
     from collapse_probe.pipeline.outputs import is_spectrum_file, load_spectra
 
-    validate_bounds(**bounds, has_baseline=baseline is not None)
+    if class_bound is not None:
+        if is_spectrum_file(source):
+            raise CollapseProbeError("--min-class-effective-rank probes per class: give a checkpoint and --data, "
+                                     "not a saved spectrum")
+        values["per_class"] = True
+    if class_bound is None or any(v is not None for v in bounds.values()) or baseline is not None:
+        validate_bounds(**bounds, has_baseline=baseline is not None)  # a class bound alone is a check too
     probe_values, _ = options.split_probe_values(values)
     config = None if is_spectrum_file(source) else options.probe_config(probe_values, quiet_run=quiet)
     result = load_or_probe(source, config)
     reference = load_spectra(baseline) if baseline is not None else None
-    run = evaluate_checks(result.spectra, **bounds, baseline=None if reference is None else reference.spectra,
-                          sample_name="samples" if config is None else "images", source=result.source,
-                          baseline_source=None if reference is None else reference.source)
+    sample_name = "samples" if config is None else "images"
+    run = CheckRun()
+    if any(v is not None for v in bounds.values()) or baseline is not None:
+        run = evaluate_checks(result.spectra, **bounds, baseline=None if reference is None else reference.spectra,
+                              sample_name=sample_name, source=result.source,
+                              baseline_source=None if reference is None else reference.source)
+    if class_bound is not None:
+        per_class = {f"{layer}[class {label}]": s for layer, classes in result.classes.items()
+                     for label, s in classes.classes.items()}
+        judged = evaluate_checks(per_class, min_effective_rank=class_bound, sample_name=sample_name) \
+            if per_class else CheckRun()
+        rename = {"check": "min-class-effective-rank"}
+        lonely = [Refusal("min-class-effective-rank", f"{layer}[class {label}]", "effective_rank", float("nan"),
+                          class_bound, f"{n} {sample_name[:-1] if n == 1 else sample_name}: no covariance; "
+                          f"need at least 2", 2, n)
+                  for layer, classes in result.classes.items() for label, n in classes.too_few.items()]
+        run = CheckRun(run.results + [dataclasses.replace(r, **rename) for r in judged.results],
+                       run.refusals + [dataclasses.replace(r, **rename) for r in judged.refusals] + lonely,
+                       run.warnings + judged.warnings)
     return result, run
 
 

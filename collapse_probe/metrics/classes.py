@@ -206,10 +206,12 @@ class ClassAccumulator:
         if not self.pooled.synced:
             self._fold_local()
         pooled = self.pooled.compute()
-        classes = {str(k): self.by_class[k].compute() for k in sorted(self.by_class)}
+        counts = {k: self.by_class[k].finalize().count for k in sorted(self.by_class)}  # one read per class, at the end
+        classes = {str(k): self.by_class[k].compute() for k, n in counts.items() if n >= 2}
+        too_few = {str(k): n for k, n in counts.items() if n < 2}  # no covariance from one row: named, not solved
         scatter = None
         if self.scatter:
             if not self._sums_needed:  # n_k and s_k = n_k mu_k from each class's own moments
                 self._sums_from_classes()
             scatter = class_scatter(self.pooled.finalize(), self.counts, self.sums)
-        return {"pooled": pooled, "classes": classes, "scatter": scatter}
+        return {"pooled": pooled, "classes": classes, "scatter": scatter, "too_few": too_few}

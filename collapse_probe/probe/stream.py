@@ -184,7 +184,7 @@ class _Streamed:
             for key in keys:
                 parts = self.accumulators[key].compute()
                 pooled = self._annotate(parts["pooled"], key)
-                solved.append(ClassSpectra(pooled, parts["classes"], parts["scatter"]))
+                solved.append(ClassSpectra(pooled, parts["classes"], parts["scatter"], parts["too_few"]))
             return solved
         if self.options.groups is None:
             plain = solve_spectra([self.accumulators[key] for key in keys])

@@ -86,6 +86,7 @@ class ClassSpectra:
     pooled: Spectrum
     classes: dict[str, Spectrum]
     scatter: ClassScatter | None = None
+    too_few: dict[str, int] = field(default_factory=dict)  # classes with < 2 rows: no spectrum, by label
 
     def worst(self, metric: str = "effective_rank", min_samples: int = 2) -> tuple[str, float] | None:
         """The class with the lowest ``metric`` among those with at least ``min_samples`` rows."""
@@ -100,7 +101,7 @@ class ClassSpectra:
         worst = {metric: self.worst(metric) for metric in ("effective_rank", "rankme")}
         return {"pooled": self.pooled.to_dict(), "classes": {k: s.to_dict() for k, s in self.classes.items()},
                 "worst": {m: None if w is None else {"class": w[0], "value": w[1]} for m, w in worst.items()},
-                "scatter": None if self.scatter is None else self.scatter.to_dict()}
+                "scatter": None if self.scatter is None else self.scatter.to_dict(), "too_few": dict(self.too_few)}
 
     def frame(self) -> Any:
         """A pandas DataFrame: one row per class (its metrics, n, sample-limit flags), pooled first."""
@@ -113,4 +114,5 @@ class ClassSpectra:
 
 def by_layer(results: Mapping[str, dict[str, Any]]) -> dict[str, ClassSpectra]:
     """The accumulators' ``compute()`` dicts as :class:`ClassSpectra` per layer."""
-    return {name: ClassSpectra(r["pooled"], r["classes"], r["scatter"]) for name, r in results.items()}
+    return {name: ClassSpectra(r["pooled"], r["classes"], r["scatter"], r.get("too_few", {}))
+            for name, r in results.items()}
