@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from collapse_probe.results.plot import new_axes
-
 if TYPE_CHECKING:
     from collapse_probe.results.spectrum import Spectrum
 
@@ -189,8 +187,8 @@ def gate_lines(gate: Mapping[str, Any]) -> list[str]:
     lines = []
     for c in gate["checks"]:
         text = (f"{c['layer']} {c['metric']}: {c['latest']:.2f} at step {c['latest_step']}, best {c['best']:.2f} "
-                f"(step {c['best_step']}): {-c['drop_from_best']:+.1%} from best")
+                f"(step {c['best_step']}): {0.0 - c['drop_from_best']:+.1%} from best")
         if "step_drop" in c:
-            text += f", {-c['step_drop']:+.1%} since step {c['previous_step']}"
+            text += f", {0.0 - c['step_drop']:+.1%} since step {c['previous_step']}"
         lines.append(text + (": FAIL (" + "; ".join(c["reasons"]) + ")" if c["failed"] else ": ok"))
     return lines

@@ -48,7 +48,7 @@ def test_a_collapsing_latest_checkpoint_fails_the_cli_with_the_drop_printed_and_
     assert failed == {("projector", "effective_rank"), ("projector", "rankme")}
     projector = next(c for c in gate["checks"] if (c["layer"], c["metric"]) == ("projector", "effective_rank"))
     assert projector["latest_step"] == 40 and projector["drop_from_best"] > 0.5
-    assert f"{-projector['drop_from_best']:+.1%} from best" in err and "FAIL" in err
+    assert f"{0.0 - projector['drop_from_best']:+.1%} from best" in err and "FAIL" in err
     assert json.loads((tmp_path / "t" / "trajectory.json").read_text())["gate"]["failed"] is True
     assert "gate: FAIL" in (tmp_path / "t" / "report.html").read_text()
 
