@@ -114,8 +114,8 @@ def embeddings(ctx: click.Context, sources: tuple[str, ...], out: str | None, sa
 
 
 def _run(sources: list[str], out: str | None, save_state: str | None, as_json: bool, quiet: bool, values) -> None:
-    from collapse_probe._utils.ranks import is_main_process, world_size
-    from collapse_probe.embeddings import make_options, read_part, record_ids, resolve
+    from collapse_probe._utils.ranks import is_distributed
+    from collapse_probe.embeddings import make_options, read_part, resolve
 
     chosen = make_options(**values, progress=not quiet)
     shardset = resolve(sources, key=chosen.key, column=chosen.column, id_column=chosen.id_column,
@@ -125,9 +125,23 @@ def _run(sources: list[str], out: str | None, save_state: str | None, as_json: b
 
         raise CollapseProbeError("--save-state with --groups: save each part without --groups and merge them with "
                                  "`collapse-probe merge --jackknife` (each part one group)")
-    state = read_part(shardset, chosen, None if quiet else lambda shards: click.echo(shard_order_line(shards), err=True))
-    if not is_main_process():
-        state.spectrum()  # the same solve on every rank; only rank 0 reports
+    joined_here = not is_distributed()
+    try:
+        announce = None if quiet else lambda shards: click.echo(shard_order_line(shards), err=True)
+        state = read_part(shardset, chosen, announce)
+        _finish(state, chosen, out, save_state, as_json, quiet)
+    finally:
+        if joined_here and is_distributed():  # torchrun: leave the job we joined, on every path
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _finish(state, chosen, out: str | None, save_state: str | None, as_json: bool, quiet: bool) -> None:
+    from collapse_probe._utils.ranks import is_main_process, world_size
+    from collapse_probe.embeddings import record_ids
+
+    if not is_main_process():  # every rank holds the synced moments; rank 0 solves, reports and writes
         return
     if chosen.id_column is not None:
         record_ids(state, chosen.id_column, None if out is None else Path(out) / "ids.jsonl")
