@@ -95,3 +95,25 @@ def test_the_flow_is_in_the_tree() -> None:
         assert (PACKAGES["collapse_probe"] / stage / "__init__.py").is_file(), stage
     flat = sorted(p.name for p in PACKAGES["collapse_probe"].glob("*.py"))
     assert flat == ["__init__.py", "demo.py", "errors.py", "testing.py"], flat
+
+
+def _code_lines(node: ast.AST) -> int:
+    """A function's lines without its docstring."""
+    body = node.body
+    first = body[0]
+    has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    start = first.end_lineno + 1 if has_doc and len(body) > 1 else node.lineno
+    return node.end_lineno - start + 1
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """No module over about 400 lines, no function over about 80 (docs/architecture.md)."""
+    big_modules, long_functions = {}, {}
+    for name, path in _modules().items():
+        text = path.read_text()
+        if len(text.splitlines()) > 420:
+            big_modules[name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > 85:
+                long_functions[f"{name}.{node.name}"] = _code_lines(node)
+    assert big_modules == {} and long_functions == {}
