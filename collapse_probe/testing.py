@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from collapse_probe.checks.verdicts import run_checks
+from collapse_probe.checks.verdicts import evaluate_checks
 from collapse_probe.probe.stream import spectrum
 from collapse_probe.results.spectrum import Spectrum
 
@@ -45,7 +45,8 @@ def assert_no_collapse(
     named layer. When the loader has too few samples to judge a bound (N - 1 < d: the samples
     cannot show every dimension; see :mod:`collapse_probe.checks.verdicts`) it raises
     :class:`~collapse_probe.checks.verdicts.CannotJudgeError` (a ``CollapseProbeError``, not an
-    ``AssertionError``: nothing was shown to have collapsed) saying how many samples are needed.
+    ``AssertionError``: nothing was shown to have collapsed) saying how many samples are needed,
+    unless another layer or bound was judged and failed: a failure is always an ``AssertionError``.
     Extra keyword arguments go to :func:`collapse_probe.spectrum` (``device``, ``normalize``,
     ``max_samples``, ...). Returns the spectra by layer (``"output"`` for the model output).
     """
@@ -54,8 +55,10 @@ def assert_no_collapse(
     spectrum_kwargs.setdefault("progress", False)
     result = spectrum(model, loader, layers=[layers] if isinstance(layers, str) else layers, **spectrum_kwargs)
     spectra = result if isinstance(result, dict) else {"output": result}
-    results = run_checks(spectra, min_effective_rank=min_effective_rank, max_collapsed_fraction=max_collapsed_fraction)
-    failed = [r.message for r in results if not r.passed]
-    if failed:
-        raise AssertionError("dimensional collapse detected:\n" + "\n".join(failed))
+    run = evaluate_checks(spectra, min_effective_rank=min_effective_rank, max_collapsed_fraction=max_collapsed_fraction)
+    if run.failed:  # a judged failure beats a bound that could not be judged elsewhere
+        raise AssertionError("dimensional collapse detected:\n" + "\n".join(r.message for r in run.failed))
+    refusal = run.error()
+    if refusal is not None:
+        raise refusal
     return spectra

@@ -135,3 +135,17 @@ def test_assert_no_collapse_refuses_too_few_samples_instead_of_claiming_collapse
         assert_no_collapse(model, loader, max_collapsed_fraction=0.5)  # between 235/512 and 448/512 collapsed
     with pytest.raises(AssertionError, match=r"at least 0\.459 of 512 dims"):  # 235 of the 299 shown: rank 64
         assert_no_collapse(model, loader, max_collapsed_fraction=0.3)
+
+
+def test_assert_no_collapse_reports_a_judged_failure_beside_a_bound_it_cannot_judge():
+    import torch
+    from torch import nn
+
+    from collapse_probe.testing import assert_no_collapse
+
+    model = nn.Module()
+    model.wide, model.narrow = nn.Linear(3, 64), nn.Linear(3, 4)
+    model.forward = lambda x: (model.wide(x), model.narrow(x * 0 + x[:, :1]))  # narrow sees one direction
+    loader = [torch.randn(20, 3)]
+    with pytest.raises(AssertionError, match=r"FAIL min-effective-rank \[narrow\]"):
+        assert_no_collapse(model, loader, min_effective_rank=19.5, layers=["wide", "narrow"])
