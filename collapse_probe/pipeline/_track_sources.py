@@ -58,8 +58,14 @@ def is_checkpoint_path(path: Path) -> bool:
 
 def folder_checkpoints(folder: Path) -> list[Path]:
     """The checkpoints directly inside ``folder`` (files by suffix, Hugging Face sub-folders such
-    as the Trainer's ``checkpoint-500/``); temporary files (``.name.tmp``) are not checkpoints."""
-    return sorted(p for p in folder.iterdir() if is_checkpoint_path(p))
+    as the Trainer's ``checkpoint-500/``), and those of its ``checkpoints/`` sub-folder (the
+    collapse-probe trainer's and Lightning's history); temporary files (``.name.tmp``) are not
+    checkpoints."""
+    found = sorted(p for p in folder.iterdir() if is_checkpoint_path(p))
+    history = folder / "checkpoints"
+    if history.is_dir() and not is_hf_folder(history):
+        found += sorted(p for p in history.iterdir() if is_checkpoint_path(p))
+    return found
 
 
 def expand_sources(sources: Sequence[str | os.PathLike], *, allow_empty: bool = False) -> list[Path]:
@@ -199,7 +205,9 @@ def order_checkpoints(paths: Iterable[Path], steps: dict[Path, dict[str, float] 
             number = name_number(p) if by_name or not readable else None
             chosen.append(Checkpoint(p, math.nan if number is None else float(number),
                                      "unreadable" + (": the number in the name" if number is not None else "")))
-    return sorted(chosen, key=lambda c: (math.isnan(c.step), 0.0 if math.isnan(c.step) else c.step, c.name))
+    # equal steps: a name with a number first (epoch_0020.pt before its copy checkpoint.pt)
+    return sorted(chosen, key=lambda c: (math.isnan(c.step), 0.0 if math.isnan(c.step) else c.step,
+                                         name_number(c.path) is None, c.name))
 
 
 def signature(path: Path) -> tuple:

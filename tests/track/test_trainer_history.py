@@ -79,3 +79,14 @@ def test_track_reads_the_trainers_own_run(tmp_path, invoke):
     assert [(c["name"], c["step"], c["step_origin"]) for c in document["checkpoints"]] == [
         ("epoch_0001.pt", 2, "step in the file"), ("epoch_0002.pt", 4, "step in the file"),
         ("epoch_0003.pt", 6, "step in the file")]
+
+
+def test_the_run_folder_itself_gives_its_history_and_the_latest_once(tmp_path, invoke):
+    out = tmp_path / "run"
+    train(preset_config("demo", epochs=2, save_every=1, out=str(out), **TINY))
+    code, stdout, err = invoke(["track", out, "--data", "builtin:digits", "--max-samples", "64", "--workers", "0",
+                                "--out", tmp_path / "t", "--json"])
+    assert code == 0, err
+    listed = [(c["name"], c["status"]) for c in json.loads(stdout)["checkpoints"]]
+    # checkpoint.pt is the same file as epoch_0002.pt (a hard link): probed once, as the epoch file
+    assert listed == [("epoch_0001.pt", "probed"), ("epoch_0002.pt", "probed"), ("checkpoint.pt", "duplicate")]
