@@ -15,7 +15,7 @@ Both yield ``(x1, x2, y)`` on the device, where x1, x2 are (B_local, 3, S, S) no
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -178,9 +178,11 @@ def train_stream(config: TrainConfig, dist: DistInfo, device: torch.device) -> T
     return LoaderStream(config, dist, device)
 
 
-def eval_dataset(data: str, split: str, image_size: int) -> torch.utils.data.Dataset:
-    """Un-augmented, normalised (image, label) pairs of a split: ``val`` or ``train``."""
-    mean, std = normalization(data)
+def eval_dataset(data: str, split: str, image_size: int,
+                 stats: tuple[Sequence[float], Sequence[float]] | None = None) -> torch.utils.data.Dataset:
+    """Un-augmented, normalised (image, label) pairs of a split: ``val`` or ``train``; ``stats``
+    (mean, std) replace the data's own normalisation (a Hugging Face folder's processor)."""
+    mean, std = stats if stats is not None else normalization(data)
     if is_builtin(data):
         images, labels = builtin_tensors(data, split)
         x = images.float().div(255)

@@ -31,6 +31,7 @@ def extract_features(
     """
     from collapse_probe.probe.capture import (
         capture_outputs,
+        from_transformers,
         pick_tensor,
         pool_output,
         resolve_modules,
@@ -52,6 +53,9 @@ def extract_features(
                 captured.clear()
                 output = module(x.to(device, non_blocking=True))
                 z = captured[0] if layer else output
+                if not isinstance(z, torch.Tensor):  # a Hugging Face ModelOutput: its hidden states, as `spectrum`
+                    z = pool_output(pick_tensor(z, "the model output", first_of_tuple=from_transformers(module)),
+                                    "avg", "the model output")
                 feats.append(z.float().flatten(1).cpu())
                 labels.append(torch.as_tensor(y).cpu())
     finally:
@@ -199,14 +203,14 @@ def check_eval_data(data: str) -> None:
 
 
 def labelled_loader(data: str, split: str, image_size: int, *, batch_size: int = 256, workers: int = 0,
-                    strict: bool = False, device: torch.device | None = None) -> Any:
+                    strict: bool = False, device: torch.device | None = None, stats: Any = None) -> Any:
     """``(images, labels)`` batches of one split, unreadable images skipped and counted
     (:class:`~collapse_probe.data.images.SkippingLoader`; ``strict=True`` fails on the first)."""
     from collapse_probe.data.builtin import is_builtin
     from collapse_probe.data.images import SkippingItems, SkippingLoader, collate_skipping
     from collapse_probe.ssl.data import eval_dataset
 
-    dataset = eval_dataset(data, split, image_size)
+    dataset = eval_dataset(data, split, image_size, stats)
     loader = torch.utils.data.DataLoader(
         SkippingItems(dataset), batch_size=batch_size, shuffle=False, num_workers=0 if is_builtin(data) else workers,
         collate_fn=collate_skipping, pin_memory=device is not None and device.type == "cuda",
@@ -249,6 +253,7 @@ def eval_features(
     folders, checkpoint, image size) is checked before any image is decoded.
     """
     from collapse_probe._utils.devices import parse_device
+    from collapse_probe.models.hf import processor_pixel_stats, processor_size
     from collapse_probe.models.loading import load_encoder_with_report
     from collapse_probe.pipeline.data import DEFAULT_IMAGE_SIZE, check_image_size
 
@@ -258,10 +263,15 @@ def eval_features(
     check_eval_data(data)
     loaded = load_encoder_with_report(path, arch, trust_checkpoint=trust_checkpoint, allow_partial=allow_partial)
     module_name = _eval_layer(loaded, layer)
-    size = image_size or loaded.image_size or DEFAULT_IMAGE_SIZE
+    if loaded.tokenizer is not None and loaded.image_processor is None:
+        raise CollapseProbeError(f"{path} is a text model (a tokenizer, no image processor): eval needs images")
+    processor = loaded.image_processor  # a Hugging Face folder's own rescale and normalisation, as `spectrum`
+    stats = processor_pixel_stats(processor) if processor is not None else None
+    size = image_size or loaded.image_size or (processor_size(processor) if processor is not None else None) \
+        or DEFAULT_IMAGE_SIZE
     check_image_size(loaded.model, size)
     loaders = {split: labelled_loader(data, split, size, batch_size=batch_size, workers=workers, strict=strict,
-                                      device=dev) for split in ("train", "val")}
+                                      device=dev, stats=stats) for split in ("train", "val")}
     classes = {split: getattr(loader.loader.dataset.dataset, "classes", None) for split, loader in loaders.items()}
     if classes["train"] is not None and classes["train"] != classes["val"]:
         raise CollapseProbeError(f"--data {data!r}: train/ and val/ hold different class folders "
