@@ -97,3 +97,14 @@ def image_folder(tmp_path_factory):
     (root / "c0" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     (root / "README.txt").write_text("ignored")
     return root
+
+
+@pytest.fixture(scope="module")
+def conv_model_file(tmp_path_factory):
+    """``(model, path)``: a small seeded conv net (its layer "2" gives (B, 5, 4, 4) on 8 px images),
+    pickled whole (probed with --trust-checkpoint)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1, stride=2)).eval()
+    path = tmp_path_factory.mktemp("conv") / "a.pt"
+    torch.save(model, path)
+    return model, path

@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from collapse_probe import spectrum
 from collapse_probe.data.images import open_images
@@ -17,23 +15,14 @@ ARGS = ["--data", "builtin:digits", "--image-size", "8", "--workers", "0", "--qu
         "--layer", "2"]
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1, stride=2)).eval()
-    path = tmp_path_factory.mktemp("m") / "m.pt"
-    torch.save(model, path)
-    return model, path
-
-
 def _class_ranks(model, max_samples=None):
     loader = open_images("builtin:digits", image_size=8, batch_size=64, max_samples=max_samples, labels=True)
     result = spectrum(model, loader, layers="2", per_class=True, progress=False)
     return {label: s.effective_rank for label, s in result.classes.items()}
 
 
-def test_every_class_is_judged_and_the_lowest_fails(model_file, invoke, tmp_path):
-    model, path = model_file
+def test_every_class_is_judged_and_the_lowest_fails(conv_model_file, invoke, tmp_path):
+    model, path = conv_model_file
     ranks = _class_ranks(model)
     bound = float(np.median(list(ranks.values())))
     code, out, err = invoke(["check", path, *ARGS, "--min-class-effective-rank", bound,
@@ -47,8 +36,8 @@ def test_every_class_is_judged_and_the_lowest_fails(model_file, invoke, tmp_path
         assert entry["value"] == pytest.approx(rank, rel=1e-9) and entry["passed"] == (rank >= bound)
 
 
-def test_classes_with_too_few_images_are_named_not_passed(model_file, invoke):
-    _, path = model_file
+def test_classes_with_too_few_images_are_named_not_passed(conv_model_file, invoke):
+    _, path = conv_model_file
     code, out, err = invoke(["check", path, *ARGS, "--max-samples", "40", "--min-class-effective-rank", "1"])
     assert code == 2 and "CANNOT JUDGE min-class-effective-rank [2[class" in out
     assert err.count("\n") == 1 and "cannot judge" in err

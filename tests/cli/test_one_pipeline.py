@@ -32,16 +32,6 @@ def _flags(case: dict) -> list[str]:
             "--precision", case["precision"] or "fp32"]
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1, stride=2)).eval()
-    path = tmp_path_factory.mktemp("model") / "a.pt"
-    torch.save(model, path)
-    (path.parent / "b.pt").write_bytes(path.read_bytes())
-    return model, path
-
-
 def _loader():
     return open_images("builtin:digits", image_size=8, batch_size=32, max_samples=N)
 
@@ -56,8 +46,8 @@ def _same(got_eigenvalues, got_metrics, reference) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['pool']}-norm{c['normalize']}-{c['precision']}")
-def test_every_entry_point_gives_the_same_spectrum(case, model_file, invoke, tmp_path):
-    model, path = model_file
+def test_every_entry_point_gives_the_same_spectrum(case, conv_model_file, invoke, tmp_path):
+    model, path = conv_model_file
     options = ProbeOptions(layers="2", max_samples=N, progress=False, **case)
     reference = spectrum(model, _loader(), options)
     assert reference.n_samples == N and reference.extra["pool"] == case["pool"]
@@ -76,7 +66,9 @@ def test_every_entry_point_gives_the_same_spectrum(case, model_file, invoke, tmp
     assert report["checks"][0]["value"] == pytest.approx(reference.effective_rank, rel=1e-9)
     _same(reference.eigenvalues, report["metrics"]["2"], reference)
 
-    code, _, err = invoke(["compare", path, path.parent / "b.pt", *DATA, *_flags(case), "--out", tmp_path / "c"])
+    twin = tmp_path / "b.pt"
+    twin.write_bytes(path.read_bytes())
+    code, _, err = invoke(["compare", path, twin, *DATA, *_flags(case), "--out", tmp_path / "c"])
     assert code == 0, err
     compared = json.loads((tmp_path / "c" / "compare.json").read_text())
     layers = compared["layers"] if "layers" in compared else compared["spectra"]

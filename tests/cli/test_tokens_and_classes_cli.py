@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from collapse_probe import spectrum
 from collapse_probe.data.images import open_images
@@ -16,17 +14,8 @@ from collapse_probe.data.images import open_images
 ARGS = ["--image-size", "8", "--workers", "0", "--batch-size", "4", "--quiet", "--trust-checkpoint", "--layer", "2"]
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1, stride=2)).eval()
-    path = tmp_path_factory.mktemp("m") / "m.pt"
-    torch.save(model, path)
-    return model, path
-
-
-def test_per_class_on_a_folder_equals_the_library_on_its_class_folders(model_file, image_folder, invoke, tmp_path):
-    model, path = model_file
+def test_per_class_on_a_folder_equals_the_library_on_its_class_folders(conv_model_file, image_folder, invoke, tmp_path):
+    model, path = conv_model_file
     code, out, err = invoke(["spectrum", path, "--data", image_folder, *ARGS, "--tokens", "all", "--per-class",
                              "--class-scatter", "--json"])
     assert code == 0, err
@@ -47,8 +36,8 @@ def test_per_class_on_a_folder_equals_the_library_on_its_class_folders(model_fil
     assert code == 0 and "worst class by effective_rank" in out
 
 
-def test_per_class_refuses_a_flat_folder_and_text(model_file, tmp_path, invoke, image_folder):
-    _, path = model_file
+def test_per_class_refuses_a_flat_folder_and_text(conv_model_file, tmp_path, invoke, image_folder):
+    _, path = conv_model_file
     flat = tmp_path / "flat"
     flat.mkdir()
     for image in list(image_folder.rglob("*.png"))[:2]:
