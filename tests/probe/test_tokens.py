@@ -43,7 +43,7 @@ def test_minilm_token_rows_equal_numpy_on_the_unpadded_tokens():
     _close(result, rows)
     assert result.extra["rows"] == "tokens" and result.extra["tokens"] == "all"
     norms = result.extra["token_norms"]
-    assert norms["n"] == len(rows) and norms["max"] == pytest.approx(np.linalg.norm(rows, axis=1).max(), rel=1e-9)
+    assert norms["n"] == len(rows) and norms["max"] == pytest.approx(np.linalg.norm(rows, axis=1).max(), rel=1e-6)  # float32 norms
     assert norms["q50"] == pytest.approx(np.median(np.linalg.norm(rows, axis=1)), rel=0.03)
 
 
