@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from collapse_probe_cli import options
@@ -54,6 +55,10 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
         for result in comparison.probed:
             if result.report is not None:
                 click.echo(result.report.summary(), err=True)
+        sizes = {Path(str(r.source.get("checkpoint", ""))).name: r.source.get("image_size") for r in comparison.probed}
+        if len(set(sizes.values())) > 1:  # no --image-size: each checkpoint at the size it was trained at
+            click.echo("each checkpoint probed at its own size: " + ", ".join(f"{n} {s} px" for n, s in sizes.items()),
+                       err=True)
         source = comparison.probed[0].source if comparison.probed else {}
         if source.get("n_unreadable_skipped"):  # one pass over the images serves every checkpoint
             click.echo(f"skipped {source['n_unreadable_skipped']} unreadable image(s) of {source['n_images']}", err=True)
@@ -65,7 +70,8 @@ def compare(sources: tuple[str, ...], out: str | None, as_json: bool, quiet: boo
         for note in [*nonfinite_notes(spectra), *sample_limit_notes(spectra, "samples" if config is None else "images")]:
             click.echo(f"Warning: {note}", err=True)
     if out is not None:
-        paths = write_comparison(spectra, out, relative=relative, roles=roles)
+        sources = {str(r.source.get("checkpoint", i)): r.source for i, r in enumerate(comparison.probed)}
+        paths = write_comparison(spectra, out, relative=relative, roles=roles, sources=sources)
         if not quiet:
             click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
     if report_html is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from collapse_probe.embeddings.pairing import refuse_unpaired_embedding_sets
 from collapse_probe.errors import CollapseProbeError
 from collapse_probe.models.loading import LoadedEncoder, load_encoder_with_report
 from collapse_probe.pipeline.data import (
+    DEFAULT_IMAGE_SIZE,
     DataConfig,
     _note_preprocessing,
     check_image_size,
@@ -115,6 +116,17 @@ def probe_checkpoints(paths: Sequence[str | Path], config: ProbeConfig,
         # each model prepares its own inputs (its image processor or tokenizer): one pass each
         return [result for i in range(len(loaded))
                 for result in _probe_loaded(list(paths[i:i + 1]), loaded[i:i + 1], config, device)]
+    sizes = [item.image_size or DEFAULT_IMAGE_SIZE for item in loaded]
+    if config.data.image_size is None and len(set(sizes)) > 1:
+        # each checkpoint at the size it was trained at (recorded in its source): one pass per size
+        results: dict[int, ProbeResult] = {}
+        for size in dict.fromkeys(sizes):
+            group = [i for i, s in enumerate(sizes) if s == size]
+            sized = replace(config, data=replace(config.data, image_size=size))
+            for i, result in zip(group, _probe_loaded([paths[i] for i in group], [loaded[i] for i in group], sized,
+                                                      device), strict=True):
+                results[i] = result
+        return [results[i] for i in range(len(loaded))]
     return _probe_loaded(list(paths), loaded, config, device)
 
 

@@ -57,7 +57,8 @@ class ProbeResult:
 
 
 def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relative: bool = False,
-                     roles: Mapping[str, str] | None = None) -> dict[str, Path]:
+                     roles: Mapping[str, str] | None = None,
+                     sources: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Path]:
     """Write ``compare.png`` (one overlay plot), ``compare.csv`` and ``compare.json`` into ``out``, each atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,8 @@ def write_comparison(spectra: Mapping[str, Spectrum], out: str | Path, *, relati
     ax = plot_spectra(spectra, relative=relative, roles=roles)
     _save_figure(ax.figure, paths["png"])
     _save_csv(spectra, paths["csv"])
-    document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in spectra.items()}, "roles": dict(roles or {}), "source": {}}
+    document = {"format": SPECTRA_FORMAT, "layers": {n: s.to_dict() for n, s in spectra.items()},
+                "roles": dict(roles or {}), "source": {"checkpoints": dict(sources or {})}}
     atomic_write_text(paths["json"], json.dumps(json_safe(document), indent=1))
     return paths
 
