@@ -125,9 +125,9 @@ def _floor_note(at_floor: Mapping[str, tuple[int, float]], n_spectra: int) -> st
                 f"the collapse threshold, {rtol:.3g} x largest)")
     if len(rtols) == 1:
         counts = ", ".join(f"{_shorten(name, 28)} {count}" for name, (count, _) in at_floor.items())
-        return f"numerically zero eigenvalues (drawn at the floor: the collapse threshold, {rtols.pop():.3g} x largest):\n{counts}"
+        return f"numerically zero (drawn at the floor, the collapse\nthreshold {rtols.pop():.3g} x largest): {counts}"
     counts = ", ".join(f"{_shorten(name, 28)} {count} (at {rtol:.3g})" for name, (count, rtol) in at_floor.items())
-    return f"numerically zero eigenvalues (drawn at the floor: each one's collapse threshold x largest):\n{counts}"
+    return f"numerically zero (drawn at the floor, each one's\ncollapse threshold x largest): {counts}"
 
 
 def plot_layers(spectra: Mapping[str, Spectrum], roles: Mapping[str, str] | None = None, *,
