@@ -112,10 +112,11 @@ def processor_normalise(processor: Any) -> Normalise:
 
 def plan_for(path: Path, item: LoadedEncoder, d: DataConfig) -> Plan | None:
     """The geometry and normalisation :func:`open_data` uses for this checkpoint; None where the
-    input is not an image tensor built so (text, a text model: probed as ``spectrum`` does)."""
+    input is not an image tensor built so (text, a text model, labelled batches: probed as
+    ``spectrum`` does, decoding per checkpoint)."""
     processor = item.image_processor
-    if is_text_data(d.data) or (item.tokenizer is not None and processor is None):
-        return None
+    if is_text_data(d.data) or (item.tokenizer is not None and processor is None) or getattr(d, "labels", False):
+        return None  # (images, labels) batches for per-class statistics: decoded per checkpoint, as spectrum
     if processor is not None and d.image_size is None and d.resize is None:
         config = json.dumps(processor.to_dict(), sort_keys=True, default=repr)
         digest = hashlib.sha256(f"{type(processor).__name__}{config}".encode()).hexdigest()[:16]

@@ -5,7 +5,8 @@ Every file is written atomically (a reader, or a ``--watch`` run updating them, 
 of one). ``trajectory.json`` (format ``collapse-probe/trajectory-v1``)::
 
     settings     data, sample, layers and the probe's conventions
-    checkpoints  [{path, name, step, step_origin, status, sha256, error, duplicate_of, load_report, seconds}]
+    checkpoints  [{path, name, step, step_origin, status, sha256, error, duplicate_of, load_report, seconds,
+                  inputs_from_the_one_decode (null: not probed by this run)}]
     rows         one per checkpoint and layer: the columns of trajectory.csv
     gate         {max_drop, max_step_drop, latest_step, checks: [...], failed} or null
     timings      {decode_s, load_s, forward_s, n_probed}
@@ -46,7 +47,8 @@ def trajectory_document(trajectory: Trajectory) -> dict[str, Any]:
     """The ``trajectory.json`` document (module docstring)."""
     checkpoints = [{"path": str(c.path), "name": c.path.name, "step": c.checkpoint.step, "step_origin": c.checkpoint.origin,
                     "status": c.status, "sha256": c.sha256, "error": c.error, "duplicate_of": c.duplicate_of,
-                    "load_report": c.load_summary, "seconds": c.seconds} for c in trajectory.checkpoints]
+                    "load_report": c.load_summary, "seconds": c.seconds, "inputs_from_the_one_decode": c.cached_input}
+                   for c in trajectory.checkpoints]
     return json_safe({"format": TRAJECTORY_FORMAT, "settings": trajectory.settings, "checkpoints": checkpoints,
                       "rows": trajectory.table.to_dict(orient="records"), "gate": trajectory.gate,
                       "timings": trajectory.timings})

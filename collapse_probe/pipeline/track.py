@@ -50,7 +50,7 @@ from collapse_probe.pipeline._track_store import (
     options_key,
     result_of,
 )
-from collapse_probe.pipeline.checkpoints import ProbeConfig, _relabel, layer_plan
+from collapse_probe.pipeline.checkpoints import ProbeConfig, _probe_loaded, _relabel, layer_plan
 from collapse_probe.pipeline.data import DataConfig, _note_preprocessing, open_data
 from collapse_probe.pipeline.outputs import OUTPUT_NAME, ProbeResult
 from collapse_probe.probe.stream import spectrum
@@ -86,6 +86,9 @@ class TrackedCheckpoint:
     error: str | None = None
     duplicate_of: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    #: True: the inputs came from the one decode; False: decoded for this checkpoint (text, labels,
+    #: a processor that cannot be split); None: not probed by this run
+    cached_input: bool | None = None
 
     @property
     def path(self) -> Path:
@@ -167,7 +170,7 @@ class Tracker:
             entry.load_summary, entry.seconds = record.get("load_summary", ""), record.get("seconds", {})
             return entry
         try:
-            result, entry.seconds = self._probe(checkpoint.path)
+            result, entry.seconds, entry.cached_input = self._probe(checkpoint.path)
         except CollapseProbeError as error:
             entry.error = str(error)
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError) as error:
@@ -181,7 +184,7 @@ class Tracker:
         return entry
 
     # ------------------------------------------------------------------ one probe
-    def _probe(self, path: Path) -> tuple[ProbeResult, dict[str, float]]:
+    def _probe(self, path: Path) -> tuple[ProbeResult, dict[str, float], bool]:
         start = time.perf_counter()
         config, d = self.config, self.config.data
         item = load_encoder_with_report(path, config.arch, trust_checkpoint=config.trust_checkpoint,
@@ -191,14 +194,14 @@ class Tracker:
         cache = self._cache(plan, d) if plan is not None else None
         if cache is not None and not self._same_as_spectrum(plan, path, item, cache):
             cache = None
-        loader, data_source = open_data([path], [item], d, self.device)  # the source spectrum records
-        if cache is not None:
-            loader = cache.batches(plan.normalise)
         decoded_at = time.perf_counter()
-        result = self._spectrum(path, item, loader, data_source)
+        if cache is None:  # decoded for this checkpoint, exactly as spectrum does
+            result = _probe_loaded([path], [item], config, self.device)[0]
+        else:
+            _, data_source = open_data([path], [item], d, self.device)  # what spectrum records of its data
+            result = self._spectrum(path, item, cache.batches(plan.normalise), data_source)
         done = time.perf_counter()
-        return result, {"load": loaded_at - start, "forward": done - decoded_at,
-                        "cached_input": float(cache is not None)}
+        return result, {"load": loaded_at - start, "forward": done - decoded_at}, cache is not None
 
     def _cache(self, plan: Plan, d: DataConfig) -> ImageCache | None:
         key = cache_key(plan, d, self.data_id)
@@ -226,11 +229,12 @@ class Tracker:
         return self.verified[key]
 
     def _spectrum(self, path: Path, item: LoadedEncoder, loader: Any, data_source: dict[str, Any]) -> ProbeResult:
-        """One model, one pass: what :func:`~collapse_probe.pipeline.checkpoints.probe_checkpoint` does."""
+        """One model, one pass over the cached batches: what ``_probe_loaded`` does for one checkpoint
+        (unlabelled images only: labelled batches are never cached)."""
         plan = layer_plan(item.default_layers, self.config.layers)
         names = list(plan) or [OUTPUT_NAME]
-        options = self.config.options.replace(layers=list(plan) or None, device=self.device,
-                                              max_samples=self.config.data.max_samples)
+        # the cache holds the sample (--max-samples images): no row cap on top, as spectrum
+        options = self.config.options.replace(layers=list(plan) or None, device=self.device, max_samples=None)
         solved = spectrum(item.model, loader, options)
         if not isinstance(solved, dict):
             solved = {OUTPUT_NAME: solved}

@@ -73,10 +73,7 @@ def test_the_cli_writes_the_numbers_spectrum_writes(invoke, run_dir, image_folde
                 assert rows[layer][name] == pytest.approx(metrics[name], rel=1e-12), (layer, name)
 
 
-transformers = pytest.importorskip("transformers")
-
-
-def _vit_folder(root, seed: int, processor: bool = True):
+def _vit_folder(transformers, root, seed: int, processor: bool = True):
     torch.manual_seed(seed)
     config = transformers.ViTConfig(hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
                                     image_size=16, patch_size=8)
@@ -90,11 +87,26 @@ def _vit_folder(root, seed: int, processor: bool = True):
 
 def test_hugging_face_checkpoint_folders_use_their_processor_and_equal_spectrum(image_folder, tmp_path):
     """Trainer-style checkpoint-N/ folders: the processor's resize runs once, its normalisation per folder."""
-    folders = [_vit_folder(tmp_path / "hf" / f"checkpoint-{seed * 100}", seed) for seed in (2, 1)]
+    transformers = pytest.importorskip("transformers")
+    folders = [_vit_folder(transformers, tmp_path / "hf" / f"checkpoint-{seed * 100}", seed) for seed in (2, 1)]
     config = _config(str(image_folder), batch_size=5)
     trajectory = track([tmp_path / "hf"], config, out=tmp_path / "out")
     assert [c.path for c in trajectory.checkpoints] == folders[::-1]  # by global_step
     assert trajectory.checkpoints[0].checkpoint.origin == "global_step in the folder"
     for entry in trajectory.checkpoints:
-        assert entry.seconds["cached_input"] == 1.0  # inputs from the one decode, not decoded again
+        assert entry.cached_input is True  # inputs from the one decode, not decoded again
         _assert_same(entry.result, probe_checkpoint(entry.path, config))
+
+
+def test_per_class_statistics_decode_per_checkpoint_and_equal_spectrum(run_dir, tmp_path):
+    """Labelled batches are not cached: each checkpoint is probed exactly as spectrum --per-class."""
+    config = ProbeConfig(DataConfig("builtin:digits", workers=0, max_samples=120, labels=True),
+                         ProbeOptions(per_class=True, progress=False))
+    trajectory = track([run_dir], config, out=tmp_path / "out")
+    for entry in trajectory.checkpoints:
+        assert entry.cached_input is False
+        reference = probe_checkpoint(entry.path, config)
+        _assert_same(entry.result, reference)
+        assert set(entry.result.classes) == set(reference.classes) == {"backbone", "projector"}
+    stored = json.loads(next((tmp_path / "out" / "track" / "results").glob("*.json")).read_text())
+    assert set(stored["spectra"]["classes"]) == {"backbone", "projector"}  # kept with the result
