@@ -66,7 +66,8 @@ def track(sources: tuple[str, ...], out: str, cache_mib: float, max_drop: float 
       collapse-probe track runs/x/checkpoints --data val/ --watch --poll-interval 60   # during training
     """
     from collapse_probe.pipeline._track_report import trajectory_document
-    from collapse_probe.pipeline.track import Gate, track as run_track
+    from collapse_probe.pipeline.track import Gate
+    from collapse_probe.pipeline.track import track as run_track
 
     probe_values, _ = options.split_probe_values(values)
     config = options.probe_config(probe_values, quiet_run=True)  # one line per checkpoint, no progress bars
