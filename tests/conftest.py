@@ -4,6 +4,9 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from collapse_probe_cli.errors import run_cli
+from collapse_probe_cli.main import cli
 
 matplotlib.use("Agg")
 
@@ -39,3 +42,20 @@ def numpy_lidar(z: np.ndarray, delta: float = 1e-4, eps: float = 1e-8) -> tuple[
 def reference_lidar():
     """The numpy LiDAR reference (:func:`numpy_lidar`): ``reference_lidar(z) -> (eigenvalues, score)``."""
     return numpy_lidar
+
+
+def invoke_cli(args: list) -> tuple[int, str, str]:
+    """Run the CLI as `collapse-probe ARGS` would (exit codes from run_cli): (code, stdout, stderr)."""
+    runner = CliRunner()
+    with runner.isolation() as (stdout, stderr, _):
+        try:
+            code = run_cli(cli, [str(a) for a in args])
+        except SystemExit as exit_:  # `check` exits 1 this way; `main()` turns codes into SystemExit too
+            code = int(exit_.code)
+    return code, stdout.getvalue().decode(), stderr.getvalue().decode()
+
+
+@pytest.fixture(scope="session")
+def invoke():
+    """``invoke(args) -> (exit code, stdout, stderr)`` of ``collapse-probe ARGS``, in this process."""
+    return invoke_cli

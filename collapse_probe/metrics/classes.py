@@ -66,6 +66,7 @@ class ClassAccumulator:
         self.by_class: dict[int, CovarianceAccumulator] = {}
         self.pending: dict[int, list[torch.Tensor]] = {}  # each class's rows not yet folded in
         self.pending_rows: dict[int, int] = {}
+        self._held = 0  # rows held over all classes (the sum of pending_rows)
         self._folded = False
         self.counts = torch.zeros(0, dtype=torch.float64, device=self.device)
         self.sums = torch.zeros(0, self.dim, dtype=torch.float64, device=self.device)
@@ -118,15 +119,16 @@ class ClassAccumulator:
         slower per row on runs of a few hundred rows (K = 10 splits a batch that thin)."""
         self.pending.setdefault(label, []).append(run)
         self.pending_rows[label] = self.pending_rows.get(label, 0) + run.shape[0]
+        self._held += run.shape[0]
         if self.pending_rows[label] >= FLUSH_ROWS:
             self._flush(label)
-        elif sum(self.pending_rows.values()) > HELD_ROWS:  # bound the rows held over all classes
+        elif self._held > HELD_ROWS:  # bound the rows held over all classes
             for held in list(self.pending):
                 self._flush(held)
 
     def _flush(self, label: int) -> None:
         runs = self.pending.pop(label, [])
-        self.pending_rows.pop(label, None)
+        self._held -= self.pending_rows.pop(label, 0)
         if runs:
             self.by_class[label].update(runs[0] if len(runs) == 1 else torch.cat(runs))
 

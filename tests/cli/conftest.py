@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from click.testing import CliRunner
-from collapse_probe_cli.errors import run_cli
-from collapse_probe_cli.main import cli
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -25,23 +22,6 @@ def one_thread():
 
 #: Small images keep the whole area fast: crop 32, resize 36.
 IMAGE_ARGS = ["--image-size", "32", "--resize", "36", "--workers", "0", "--batch-size", "4", "--quiet"]
-
-
-def _invoke(args: list) -> tuple[int, str, str]:
-    """Run the CLI as `collapse-probe ARGS` would (exit codes from run_cli): (code, stdout, stderr)."""
-    runner = CliRunner()
-    with runner.isolation() as (stdout, stderr, _):
-        try:
-            code = run_cli(cli, [str(a) for a in args])
-        except SystemExit as exit_:  # `check` exits 1 this way; `main()` turns codes into SystemExit too
-            code = int(exit_.code)
-    return code, stdout.getvalue().decode(), stderr.getvalue().decode()
-
-
-@pytest.fixture(scope="session")
-def invoke():
-    """``invoke(args) -> (exit code, stdout, stderr)``."""
-    return _invoke
 
 
 @pytest.fixture(scope="session")

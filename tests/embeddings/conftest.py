@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from collapse_probe_cli.errors import run_cli
-from collapse_probe_cli.main import cli
 
 from collapse_probe._utils.threads import single_threaded
 
@@ -39,22 +36,6 @@ def assert_matches(spectrum, z: np.ndarray, center: bool = True, tol: float = 1e
     got = spectrum.eigenvalues.numpy()
     assert spectrum.n_samples == len(z)
     np.testing.assert_allclose(got, expected, rtol=0, atol=tol * expected[0])
-
-
-def invoke_cli(args: list) -> tuple[int, str, str]:
-    """``collapse-probe ARGS`` in this process: (exit code, stdout, stderr)."""
-    runner = CliRunner()
-    with runner.isolation() as (stdout, stderr, _):
-        try:
-            code = run_cli(cli, [str(a) for a in args])
-        except SystemExit as exit_:
-            code = int(exit_.code)
-    return code, stdout.getvalue().decode(), stderr.getvalue().decode()
-
-
-@pytest.fixture(scope="session")
-def invoke():
-    return invoke_cli
 
 
 def error_line(stderr: str) -> str:

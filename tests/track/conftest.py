@@ -6,9 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from collapse_probe_cli.errors import run_cli
-from collapse_probe_cli.main import cli
 from PIL import Image
 
 from collapse_probe._utils.threads import single_threaded
@@ -76,17 +73,3 @@ def image_folder(tmp_path_factory):
     return root
 
 
-def _invoke(args: list) -> tuple[int, str, str]:
-    runner = CliRunner()
-    with runner.isolation() as (stdout, stderr, _):
-        try:
-            code = run_cli(cli, [str(a) for a in args])
-        except SystemExit as exit_:
-            code = int(exit_.code)
-    return code, stdout.getvalue().decode(), stderr.getvalue().decode()
-
-
-@pytest.fixture(scope="session")
-def invoke():
-    """``invoke(args) -> (exit code, stdout, stderr)`` of ``collapse-probe ARGS``."""
-    return _invoke
