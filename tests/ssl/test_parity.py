@@ -12,8 +12,8 @@ from collapse_probe.ssl.config import TrainConfig
 from collapse_probe.ssl.data import train_stream
 from collapse_probe.ssl.distributed import dist_info
 from collapse_probe.ssl.evaluate import linear_probe
-from collapse_probe.ssl.run import _TrainNet, online_head, param_groups
 from collapse_probe.ssl.model import build_model_from_arch
+from collapse_probe.ssl.run import _TrainNet, online_head, param_groups
 
 
 def _tiny(out, **kw):

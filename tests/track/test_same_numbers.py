@@ -12,7 +12,7 @@ from collapse_probe.pipeline.checkpoints import DataConfig, ProbeConfig, probe_c
 from collapse_probe.pipeline.track import track
 from collapse_probe.probe.options import ProbeOptions
 
-from .conftest import FAST, write_checkpoint
+from .conftest import FAST
 
 
 def _config(data: str, **data_options) -> ProbeConfig:
